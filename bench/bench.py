@@ -1,0 +1,834 @@
+#!/usr/bin/python3
+"""worker_heartbeat benchmarks, side by side with the seed's plain-SQL design.
+
+One run starts two throwaway clusters in a temp dir (removed at exit):
+  A: shared_preload_libraries = 'worker_heartbeat'
+     db "seed"  - the seed's design (seed_schema.sql, loaded verbatim)
+     db "ext"   - CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline
+  B: no preload (the hosted-Supabase case)
+     db "extnp" - the extension, every heartbeat is a table write
+and prints one table. Every number is measured in this run; the only computed
+figure (the seed's kill -> lease back time, which is a 5 min + 60 s cycle) is
+labelled as such.
+"""
+import argparse
+import atexit
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+T0 = time.monotonic()
+SCHEMA = "pm_pipeline"
+
+
+def log(msg):
+    print("[%6.1fs] %s" % (time.monotonic() - T0, msg), file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# parameters
+# --------------------------------------------------------------------------
+FULL = dict(
+    hb_workers=1000, hb_clients=8, hb_total=1_000_000,   # heartbeats for fig 1-3
+    reap_workers=100_000, reap_rows=1_000_000, reap_tables=4, reap_dead=1000,
+    reap_idle_reps=21, reap_dead_reps=3,
+    kills=20, deadline_kills=5, deadline_s=2, deadline_beat_s=0.5,
+    claim_rows=100_000, claim_clients=8, claim_secs=6, claim_rounds=3,
+    claim_hb_workers=1000, claim_hb_interval_s=10,
+    max_workers=200_000,
+)
+QUICK = dict(
+    hb_workers=100, hb_clients=8, hb_total=8_000,
+    reap_workers=2_000, reap_rows=20_000, reap_tables=2, reap_dead=20,
+    reap_idle_reps=3, reap_dead_reps=1,
+    kills=2, deadline_kills=1, deadline_s=1, deadline_beat_s=0.2,
+    claim_rows=10_000, claim_clients=4, claim_secs=1, claim_rounds=1,
+    claim_hb_workers=100, claim_hb_interval_s=1,
+    max_workers=20_000,
+)
+
+
+# --------------------------------------------------------------------------
+# process / cluster helpers
+# --------------------------------------------------------------------------
+class Env:
+    pass
+
+
+ENV = Env()
+
+
+def pg_config(flag):
+    pgc = os.environ.get("PG_CONFIG", "pg_config")
+    return subprocess.check_output([pgc, flag], text=True).strip()
+
+
+def as_server_user(cmd):
+    """Postgres refuses to run as root: run server programs as ENV.user."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", ENV.user, "--"] + cmd
+    return cmd
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, name, preload, max_workers):
+        self.name = name
+        self.preload = preload
+        self.dir = os.path.join(ENV.tmp, name)
+        self.port = free_port()
+        self.sock = ENV.tmp
+        self.started = False
+        bindir = ENV.bindir
+        subprocess.run(as_server_user([os.path.join(bindir, "initdb"), "-D", self.dir,
+                                       "-U", "bench", "--auth=trust", "-E", "UTF8",
+                                       "--no-sync", "--locale=C"]),
+                       check=True, stdout=subprocess.DEVNULL)
+        conf = [
+            "port = %d" % self.port,
+            "listen_addresses = ''",
+            "unix_socket_directories = '%s'" % self.sock,
+            "max_connections = 120",
+            "shared_buffers = 512MB",
+            "max_wal_size = 8GB",
+            "checkpoint_timeout = 30min",
+            "log_min_messages = warning",
+            "logging_collector = off",
+        ]
+        if preload:
+            conf += ["shared_preload_libraries = 'worker_heartbeat'",
+                     "worker_heartbeat.max_workers = %d" % max_workers]
+        with open(os.path.join(self.dir, "postgresql.conf"), "a") as f:
+            f.write("\n# bench\n" + "\n".join(conf) + "\n")
+
+    def start(self):
+        self.logfile = os.path.join(ENV.tmp, self.name + ".log")
+        r = subprocess.run(as_server_user([os.path.join(ENV.bindir, "pg_ctl"), "-D", self.dir,
+                                           "-l", self.logfile, "-w", "-t", "60", "start"]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            with open(self.logfile) as f:
+                sys.stderr.write(f.read()[-3000:])
+            raise RuntimeError("cluster %s did not start" % self.name)
+        self.started = True
+
+    def stop(self):
+        if self.started:
+            subprocess.run(as_server_user([os.path.join(ENV.bindir, "pg_ctl"), "-D", self.dir,
+                                           "-m", "immediate", "-w", "stop"]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.started = False
+
+    def dsn(self, db):
+        return "host=%s port=%d dbname=%s user=bench" % (self.sock, self.port, db)
+
+    def connect(self, db):
+        return psycopg.connect(self.dsn(db), autocommit=True)
+
+    def pgbench_args(self, db):
+        return ["-h", self.sock, "-p", str(self.port), "-U", "bench", db]
+
+
+def cleanup():
+    for c in getattr(ENV, "clusters", []):
+        try:
+            c.stop()
+        except Exception:
+            pass
+    if getattr(ENV, "tmp", None) and not getattr(ENV, "keep", False):
+        shutil.rmtree(ENV.tmp, ignore_errors=True)
+
+
+def q1(conn, sql, args=None):
+    row = conn.execute(sql, args).fetchone()
+    return row[0] if row else None
+
+
+# --------------------------------------------------------------------------
+# pgbench
+# --------------------------------------------------------------------------
+def write_script(name, text):
+    path = os.path.join(ENV.tmp, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+    return path
+
+
+def pgbench(cluster, db, script, clients, transactions=None, seconds=None, rate=None,
+            background=False):
+    cmd = [ENV.pgbench, "-n", "-M", "prepared", "-f", script, "-c", str(clients),
+           "-j", str(min(clients, 2))]
+    if transactions is not None:
+        cmd += ["-t", str(transactions)]
+    if seconds is not None:
+        cmd += ["-T", str(seconds)]
+    if rate is not None:
+        cmd += ["-R", str(rate)]
+    cmd += cluster.pgbench_args(db)
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return parse_pgbench(r.returncode, r.stdout, cmd)
+
+
+def parse_pgbench(rc, out, cmd):
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if rc != 0 or not m:
+        raise RuntimeError("pgbench failed (%s):\n%s" % (" ".join(cmd), out[-2000:]))
+    done = re.search(r"number of transactions actually processed: (\d+)", out)
+    return dict(tps=float(m.group(1)), processed=int(done.group(1)) if done else None,
+                failed=int(failed.group(1)) if failed else 0)
+
+
+# --------------------------------------------------------------------------
+# setup of the three databases
+# --------------------------------------------------------------------------
+QUEUE_DDL = """
+CREATE TABLE {s}.{t} (
+    id               BIGSERIAL PRIMARY KEY,
+    run_id           UUID NOT NULL,
+    domain           TEXT NOT NULL,
+    state            TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'claimed', 'done', 'failed')),
+    claimed_by       TEXT,
+    lease_expires_at TIMESTAMPTZ,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX ON {s}.{t} (id) WHERE state = 'pending';
+CREATE INDEX ON {s}.{t} (claimed_by) WHERE claimed_by IS NOT NULL;
+"""
+# The extension's registered tables get the same shape as the seed's queue
+# (a fixture of the benchmark, written here, not taken from the seed file).
+
+
+def setup_databases(P):
+    A = ENV.A
+    with A.connect("postgres") as c:
+        c.execute("CREATE DATABASE seed")
+        if ENV.have_ext:
+            c.execute("CREATE DATABASE ext")
+    with A.connect("seed") as c:
+        with open(ENV.seed_sql) as f:
+            c.execute(f.read())
+    log("seed design loaded from %s" % ENV.seed_sql)
+    ENV.ext_dbs = []
+    if ENV.have_ext:
+        for cl, db in ((A, "ext"), (ENV.B, "extnp")):
+            if cl is ENV.B:
+                with cl.connect("postgres") as c:
+                    c.execute("CREATE DATABASE extnp")
+            with cl.connect(db) as c:
+                c.execute("CREATE SCHEMA pm_pipeline")
+                c.execute("CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline")
+                c.execute(QUEUE_DDL.format(s=SCHEMA, t="company_research_queue"))
+                c.execute("SELECT pm_pipeline.register_lease_table("
+                          "'pm_pipeline.company_research_queue'::regclass, 'claimed_by', "
+                          "'lease_expires_at', '{\"state\": \"pending\"}'::jsonb)")
+            ENV.ext_dbs.append((cl, db))
+        log("extension created in A/ext (preloaded) and B/extnp (not preloaded)")
+
+
+def variants():
+    """(key, cluster, db) for every side measured."""
+    v = [("seed", ENV.A, "seed")]
+    if ENV.have_ext:
+        v = [("ext", ENV.A, "ext"), ("extnp", ENV.B, "extnp")] + v
+    return v
+
+
+def wait_reaper_passes(cl, db, n=2, timeout=10.0):
+    """Wait until the reaper of db has completed n more passes (so that the
+    heartbeats held in shared memory are flushed to the table)."""
+    with cl.connect(db) as c:
+        def passes():
+            try:
+                return q1(c, "SELECT passes FROM pm_pipeline.reaper_status() "
+                             "WHERE database = current_database()")
+            except psycopg.Error:
+                return None
+        p0 = passes()
+        if p0 is None:
+            time.sleep(2.5)
+            return False
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            p = passes()
+            if p is not None and p >= p0 + n:
+                return True
+            time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------
+# figures 1-3: heartbeats/s, WAL per heartbeat, table size after 1M beats
+# --------------------------------------------------------------------------
+def hb_script(P):
+    return write_script("hb.sql",
+                        "\\set w random(1, %d)\n"
+                        "SELECT pm_pipeline.upsert_worker_heartbeat('w' || :w, "
+                        "'company_research', 'active');\n" % P["hb_workers"])
+
+
+def fig_heartbeats(P, R):
+    script = hb_script(P)
+    sel1 = write_script("select1.sql", "SELECT 1;\n")
+    per_client = P["hb_total"] // P["hb_clients"]
+    rel = "pm_pipeline.worker_heartbeats"
+    for key, cl, db in variants():
+        with cl.connect(db) as c:
+            # the first beat of each worker
+            c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('w' || g, "
+                      "'company_research', 'active') FROM generate_series(1, %s) g"
+                      % P["hb_workers"])
+            if key == "ext":
+                wait_reaper_passes(cl, db, 1)
+            c.execute("VACUUM ANALYZE %s" % rel)
+            size0 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
+            c.execute("CHECKPOINT")
+            lsn0 = q1(c, "SELECT pg_current_wal_lsn()")
+            log("%s: %d heartbeats from %d workers, %d clients ..."
+                % (key, per_client * P["hb_clients"], P["hb_workers"], P["hb_clients"]))
+            r = pgbench(cl, db, script, P["hb_clients"], transactions=per_client)
+            if r["failed"]:
+                raise RuntimeError("%s: %d heartbeats failed" % (key, r["failed"]))
+            if key == "ext":
+                # include the reaper's flushes of the last beats in the window
+                wait_reaper_passes(cl, db, 2)
+            lsn1 = q1(c, "SELECT pg_current_wal_lsn()")
+            wal = q1(c, "SELECT pg_wal_lsn_diff(%s, %s)", (lsn1, lsn0))
+            size1 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
+            heap1 = q1(c, "SELECT pg_relation_size(%s::regclass)", (rel,))
+            n = r["processed"]
+            R[key]["hb_per_s"] = r["tps"]
+            R[key]["wal_per_hb"] = float(wal) / n
+            R[key]["size_first"] = size0
+            R[key]["size_after"] = size1
+            R[key]["size_growth"] = size1 / size0
+            R[key]["heap_after"] = heap1
+            log("%s: %.0f hb/s, %.1f WAL bytes/hb, table %d -> %d bytes"
+                % (key, r["tps"], float(wal) / n, size0, size1))
+    log("ceiling: SELECT 1 ...")
+    r = pgbench(ENV.A, "seed", sel1, P["hb_clients"], transactions=per_client)
+    R["ceiling"]["hb_per_s"] = r["tps"]
+    log("ceiling: %.0f SELECT 1/s" % r["tps"])
+
+
+# --------------------------------------------------------------------------
+# figure 6: claim throughput while 1000 workers heartbeat and the reaper runs
+# --------------------------------------------------------------------------
+def claim_script(P):
+    return write_script("claim.sql", """\\set w random(1, %d)
+UPDATE pm_pipeline.company_research_queue q
+   SET state = 'claimed', claimed_by = 'w' || :w,
+       lease_expires_at = now() + interval '300 seconds', attempts = q.attempts + 1
+ WHERE q.id = (SELECT id FROM pm_pipeline.company_research_queue
+                WHERE state = 'pending' ORDER BY id
+                FOR UPDATE SKIP LOCKED LIMIT 1)
+RETURNING q.id;
+""" % P["claim_hb_workers"])
+
+
+def reset_queue(cl, db, rows):
+    with cl.connect(db) as c:
+        c.execute("TRUNCATE pm_pipeline.company_research_queue")
+        c.execute("INSERT INTO pm_pipeline.company_research_queue (run_id, domain) "
+                  "SELECT '00000000-0000-0000-0000-000000000001', 'd' || g || '.example' "
+                  "FROM generate_series(1, %d) g" % rows)
+        c.execute("VACUUM ANALYZE pm_pipeline.company_research_queue")
+        c.execute("CHECKPOINT")
+
+
+def fig_claims(P, R):
+    claim = claim_script(P)
+    hb = hb_script(dict(P, hb_workers=P["claim_hb_workers"]))
+    rate = P["claim_hb_workers"] / P["claim_hb_interval_s"]
+    # (result key, cluster, db, heartbeats running?)
+    runs = [("ceiling", ENV.A, "seed", False), ("seed", ENV.A, "seed", True)]
+    if ENV.have_ext:
+        runs += [("ext", ENV.A, "ext", True), ("extnp", ENV.B, "extnp", True)]
+    samples = {k: [] for k, _, _, _ in runs}
+    for rnd in range(P["claim_rounds"]):
+        for key, cl, db, with_hb in runs:
+            reset_queue(cl, db, P["claim_rows"])
+            bg = None
+            if with_hb:
+                bg = pgbench(cl, db, hb, 2, seconds=P["claim_secs"] + 1, rate=rate,
+                             background=True)
+                time.sleep(0.5)
+            r = pgbench(cl, db, claim, P["claim_clients"], seconds=P["claim_secs"])
+            if bg:
+                out, _ = bg.communicate()
+                parse_pgbench(bg.returncode, out, ["heartbeat load"])
+            with cl.connect(db) as c:
+                claimed = q1(c, "SELECT count(*) FROM pm_pipeline.company_research_queue "
+                                "WHERE state = 'claimed'")
+            samples[key].append(r["tps"])
+            log("claims round %d %s: %.0f claims/s (%d rows claimed)" % (rnd, key, r["tps"], claimed))
+    for key in samples:
+        R[key]["claims_per_s"] = statistics.median(samples[key])
+    R["_claim_samples"] = samples
+    R["_claim_hb_rate"] = rate
+
+
+# --------------------------------------------------------------------------
+# figure 4: the reaping pass at 100k workers and 1M leased rows
+# --------------------------------------------------------------------------
+def exec_ms(c, sql):
+    """Server-side execution time of one statement, from EXPLAIN ANALYZE."""
+    plan = q1(c, "EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return float(plan[0]["Execution Time"])
+
+
+def reap_tables(P):
+    return ["reap_queue_%d" % i for i in range(1, P["reap_tables"] + 1)]
+
+
+def fill_leases(c, table, first_g, nrows, nworkers):
+    """Rows first_g .. first_g+nrows-1 (global numbering), row g leased by worker
+    'r' || ((g-1) % nworkers + 1) for an hour."""
+    c.execute("""
+      INSERT INTO pm_pipeline.{t} (id, run_id, domain, state, claimed_by, lease_expires_at, attempts)
+      SELECT g, '00000000-0000-0000-0000-000000000002', 'd' || g || '.example', 'claimed',
+             'r' || ((g - 1) %% %s + 1), now() + interval '1 hour', 1
+        FROM generate_series(%s::bigint, %s::bigint) g""".format(t=table),
+              (nworkers, first_g, first_g + nrows - 1))
+
+
+def fig_reap_ext(P, R, key, cl, db):
+    nw, nrows, nt, nd = P["reap_workers"], P["reap_rows"], P["reap_tables"], P["reap_dead"]
+    per = nrows // nt
+    with cl.connect(db) as c:
+        try:
+            c.execute("SELECT pm_pipeline.stop_reaper()")
+        except psycopg.Error as e:
+            log("%s: stop_reaper failed: %s" % (key, e))
+        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_live', '1 hour')")
+        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
+        # each table gets rows g in [k*per+1, (k+1)*per]; global numbering lets us
+        # map rows to workers: 10 leased rows per worker at 100k/1M
+        for k, t in enumerate(reap_tables(P)):
+            c.execute(QUEUE_DDL.format(s=SCHEMA, t=t))
+        c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, "
+                  "CASE WHEN g <= %s THEN 'reap_doomed' ELSE 'reap_live' END, 'processing') "
+                  "FROM generate_series(1, %s::int) g", (nd, nw))
+        for k, t in enumerate(reap_tables(P)):
+            fill_leases(c, t, k * per + 1, per, nw)
+            c.execute("VACUUM ANALYZE pm_pipeline.%s" % t)
+            c.execute("SELECT pm_pipeline.register_lease_table('pm_pipeline.%s'::regclass, "
+                      "'claimed_by', 'lease_expires_at', '{\"state\": \"pending\"}'::jsonb)" % t)
+        c.execute("VACUUM ANALYZE pm_pipeline.worker_heartbeats")
+        c.execute("CHECKPOINT")
+        log("%s: %d workers, %d leased rows in %d registered tables" % (key, nw, nrows, nt))
+        idle = []
+        for i in range(P["reap_idle_reps"] + 1):
+            ms = exec_ms(c, "SELECT pm_pipeline.release_dead_worker_leases()")
+            if i:
+                idle.append(ms)
+        released = q1(c, "SELECT pm_pipeline.release_dead_worker_leases()")
+        if released:
+            raise RuntimeError("%s: an idle pass released %s rows" % (key, released))
+        R[key]["reap_idle_ms"] = statistics.median(idle)
+        R[key]["reap_idle_max_ms"] = max(idle)
+        log("%s: idle pass median %.3f ms (max %.3f)" % (key, statistics.median(idle), max(idle)))
+        dead = []
+        for rep in range(P["reap_dead_reps"]):
+            if rep:
+                # revive the doomed workers and give them their leases back
+                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
+                c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
+                          "'processing') FROM generate_series(1, %s::int) g", (nd,))
+                for t in reap_tables(P):
+                    relet_dead_rows(c, t, nw)
+                c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
+            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
+            time.sleep(1.3)
+            plan_ms = None
+            t0 = time.perf_counter()
+            n = q1(c, "SELECT pm_pipeline.release_dead_worker_leases()")
+            wall = (time.perf_counter() - t0) * 1000
+            expected = sum(q1(c, "SELECT count(*) FROM pm_pipeline.%s WHERE id IS NOT NULL "
+                                 "AND (id - 1) %% %s < %s" % (t, nw, nd)) for t in reap_tables(P))
+            if n != expected:
+                log("%s: dead pass released %s rows, expected %s" % (key, n, expected))
+            dead.append(wall)
+            log("%s: pass with %d dead workers released %s rows in %.2f ms (client clock)"
+                % (key, nd, n, wall))
+        R[key]["reap_dead_ms"] = statistics.median(dead)
+        R[key]["reap_dead_rows"] = n
+        try:
+            c.execute("SELECT pm_pipeline.start_reaper()")
+        except psycopg.Error:
+            pass
+
+
+def relet_dead_rows(c, t, nw):
+    c.execute("UPDATE pm_pipeline.{t} SET state = 'claimed', claimed_by = 'r' || ((id - 1) %% %s + 1), "
+              "lease_expires_at = now() + interval '1 hour' WHERE claimed_by IS NULL".format(t=t), (nw,))
+
+
+def fig_reap_seed(P, R):
+    nw, nrows, nd = P["reap_workers"], P["reap_rows"], P["reap_dead"]
+    with ENV.A.connect("seed") as c:
+        c.execute("TRUNCATE pm_pipeline.company_research_queue")
+        c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'company_research', "
+                  "'processing') FROM generate_series(1, %s::int) g", (nw,))
+        fill_leases(c, "company_research_queue", 1, nrows, nw)
+        c.execute("VACUUM ANALYZE pm_pipeline.company_research_queue")
+        c.execute("VACUUM ANALYZE pm_pipeline.worker_heartbeats")
+        c.execute("CHECKPOINT")
+        log("seed: %d workers, %d leased rows" % (nw, nrows))
+        idle = []
+        for i in range(P["reap_idle_reps"] + 1):
+            ms = exec_ms(c, "SELECT pm_pipeline.release_dead_worker_leases()")
+            if i:
+                idle.append(ms)
+        R["seed"]["reap_idle_ms"] = statistics.median(idle)
+        R["seed"]["reap_idle_max_ms"] = max(idle)
+        log("seed: idle pass median %.3f ms" % statistics.median(idle))
+        dead = []
+        for rep in range(P["reap_dead_reps"]):
+            if rep:
+                c.execute("UPDATE pm_pipeline.worker_heartbeats SET last_heartbeat_at = now() "
+                          "WHERE worker_id IN (SELECT 'r' || g FROM generate_series(1, %s::int) g)", (nd,))
+                relet_dead_rows(c, "company_research_queue", nw)
+            # 5 minutes of silence, simulated by back-dating the last beat
+            c.execute("UPDATE pm_pipeline.worker_heartbeats "
+                      "SET last_heartbeat_at = now() - interval '10 minutes' "
+                      "WHERE worker_id IN (SELECT 'r' || g FROM generate_series(1, %s::int) g)", (nd,))
+            t0 = time.perf_counter()
+            n = q1(c, "SELECT pm_pipeline.release_dead_worker_leases()")
+            wall = (time.perf_counter() - t0) * 1000
+            dead.append(wall)
+            log("seed: pass with %d dead workers released %s rows in %.2f ms" % (nd, n, wall))
+        R["seed"]["reap_dead_ms"] = statistics.median(dead)
+        R["seed"]["reap_dead_rows"] = n
+
+
+# --------------------------------------------------------------------------
+# figure 5: SIGKILL of a worker process -> its lease back in the queue
+# --------------------------------------------------------------------------
+def spawn_worker(cl, db, wid, wtype, row_id, session_bound, beat_s):
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "worker.py"), cl.dsn(db), wid,
+                          wtype, str(row_id), "1" if session_bound else "0", str(beat_s)],
+                         stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline().strip()
+    if line != "ready":
+        p.kill()
+        raise RuntimeError("worker %s did not start: %r" % (wid, line))
+    return p
+
+
+def wait_released(c, row_ids, t_kill, timeout):
+    """Poll until each row's lease is gone; returns {row_id: seconds since kill}."""
+    out = {}
+    end = time.monotonic() + timeout
+    pending = set(row_ids)
+    while pending and time.monotonic() < end:
+        rows = c.execute("SELECT id FROM pm_pipeline.company_research_queue "
+                         "WHERE id = ANY(%s) AND claimed_by IS NULL", (list(pending),)).fetchall()
+        now = time.monotonic()
+        for (rid,) in rows:
+            out[rid] = now - t_kill
+            pending.discard(rid)
+        if pending:
+            time.sleep(0.002)
+    return out
+
+
+def fig_kills(P, R):
+    for key, cl, db in variants():
+        if key == "seed":
+            continue
+        reset_queue(cl, db, 1000)
+        with cl.connect(db) as c:
+            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('killable', '1 hour')")
+            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('deadline', %s::interval)",
+                      ("%d seconds" % P["deadline_s"],))
+            lat = []
+            for i in range(P["kills"]):
+                rid = i + 1
+                w = spawn_worker(cl, db, "kill-%s-%d" % (key, i), "killable", rid, True, 1.0)
+                t = time.monotonic()
+                os.kill(w.pid, signal.SIGKILL)
+                got = wait_released(c, [rid], t, 10.0)
+                w.wait()
+                if rid not in got:
+                    raise RuntimeError("%s: lease of killed session-bound worker not back "
+                                       "within 10 s" % key)
+                lat.append(got[rid])
+            R[key]["kill_session_median_s"] = statistics.median(lat)
+            R[key]["kill_session_max_s"] = max(lat)
+            log("%s: session-bound kill -> lease back: median %.3f s, max %.3f s"
+                % (key, statistics.median(lat), max(lat)))
+            # by heartbeat deadline: workers beat every deadline_beat_s, are killed together
+            ws, rids = [], []
+            for i in range(P["deadline_kills"]):
+                rid = 100 + i
+                ws.append(spawn_worker(cl, db, "dl-%s-%d" % (key, i), "deadline", rid, False,
+                                       P["deadline_beat_s"]))
+                rids.append(rid)
+            time.sleep(P["deadline_beat_s"] * 2)
+            t = time.monotonic()
+            for w in ws:
+                os.kill(w.pid, signal.SIGKILL)
+            got = wait_released(c, rids, t, P["deadline_s"] + 15.0)
+            for w in ws:
+                w.wait()
+            if len(got) != len(rids):
+                raise RuntimeError("%s: leases of silent workers not back within dead_after + 15 s" % key)
+            lat = list(got.values())
+            R[key]["kill_deadline_median_s"] = statistics.median(lat)
+            R[key]["kill_deadline_max_s"] = max(lat)
+            log("%s: heartbeat-deadline kill (dead_after %d s) -> lease back: median %.3f s, max %.3f s"
+                % (key, P["deadline_s"], statistics.median(lat), max(lat)))
+    # The seed's design: no session binding; a worker is dead 5 minutes after its
+    # last beat (30 s interval) and its lease goes back at the next run of the 60 s
+    # cleanup loop. Kill at a uniformly random moment: last beat 15 s before on
+    # average (30 s at worst), loop phase 30 s on average (60 s at worst).
+    R["seed"]["kill_session_median_s"] = 300 - 15 + 30
+    R["seed"]["kill_session_max_s"] = 300 + 60
+    R["seed"]["kill_deadline_median_s"] = 300 - 15 + 30
+    R["seed"]["kill_deadline_max_s"] = 300 + 60
+
+
+# --------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------
+def fmt(v, unit):
+    if v is None:
+        return "n/a"
+    if unit == "bytes":
+        if v >= 1 << 20:
+            return "%.1f MiB" % (v / (1 << 20))
+        if v >= 1 << 10:
+            return "%.0f KiB" % (v / (1 << 10))
+        return "%d B" % v
+    if unit in ("s",):
+        return "%.3f s" % v if v < 10 else "%.0f s" % v
+    if unit == "ms":
+        return "%.3f ms" % v if v < 10 else "%.1f ms" % v
+    if unit == "x":
+        return "%.2fx" % v
+    if unit == "B/hb":
+        return "%.1f B" % v
+    return "%.0f" % v
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+# (key, label, unit, higher_is_better, goal: (text, fn(R)->bool) or None)
+def rows_spec(P):
+    hbl = "%s hb from %d workers" % ("{:,}".format(P["hb_total"]), P["hb_workers"])
+    at = "%s workers, %s leased rows in %d tables" % ("{:,}".format(P["reap_workers"]),
+                                                     "{:,}".format(P["reap_rows"]), P["reap_tables"])
+    return [
+        ("hb_per_s", "heartbeats/s (pgbench, %d clients, %d workers)" % (P["hb_clients"], P["hb_workers"]),
+         "/s", True, ("ext >= 5x seed", lambda e, s, c: e >= 5 * s)),
+        ("wal_per_hb", "WAL bytes per heartbeat (incl. reaper flushes)", "B/hb", False,
+         ("ext <= 10% of seed", lambda e, s, c: e <= 0.10 * s)),
+        ("size_first", "heartbeat table after first %d beats" % P["hb_workers"], "bytes", False, None),
+        ("size_after", "heartbeat table after " + hbl, "bytes", False, None),
+        ("size_growth", "  growth (after / first)", "x", False,
+         ("ext <= 2x", lambda e, s, c: e <= 2.0)),
+        ("reap_idle_ms", "reaping pass, nothing to do (" + at + ")", "ms", False,
+         ("ext <= 1 ms", lambda e, s, c: e <= 1.0)),
+        ("reap_dead_ms", "reaping pass, %d dead workers (%s)" % (P["reap_dead"], at), "ms", False,
+         ("ext <= 20 ms", lambda e, s, c: e <= 20.0)),
+        ("kill_session_median_s", "SIGKILL -> lease back, session-bound, median of %d" % P["kills"],
+         "s", False, ("ext < 1 s", lambda e, s, c: e < 1.0)),
+        ("kill_session_max_s", "SIGKILL -> lease back, session-bound, max of %d" % P["kills"],
+         "s", False, ("ext < 1 s", lambda e, s, c: e < 1.0)),
+        ("kill_deadline_median_s", "SIGKILL -> lease back, by deadline (dead_after %d s), median of %d"
+         % (P["deadline_s"], P["deadline_kills"]), "s", False, None),
+        ("kill_deadline_max_s", "SIGKILL -> lease back, by deadline (dead_after %d s), max of %d"
+         % (P["deadline_s"], P["deadline_kills"]), "s", False, None),
+        ("claims_per_s", "claims/s, %d clients, %d workers beating every %d s + reaper"
+         % (P["claim_clients"], P["claim_hb_workers"], P["claim_hb_interval_s"]), "/s", True,
+         ("ext >= 95% of no-extension", lambda e, s, c: c is not None and e >= 0.95 * c)),
+    ]
+
+
+def build_table(P, R):
+    header = ["figure", "extension", "ext/seed", "ext/ceiling", "not preloaded", "np/seed",
+              "seed design", "ceiling", "goal", "met", "np >= seed"]
+    lines = []
+    verdicts = []
+    for key, label, unit, hib, goal in rows_spec(P):
+        e, n, s, c = (R["ext"].get(key), R["extnp"].get(key), R["seed"].get(key),
+                      R["ceiling"].get(key))
+        seed_txt = fmt(s, unit)
+        if key.startswith("kill_"):
+            seed_txt += " (computed)"
+        met = ""
+        if goal and e is not None and s is not None:
+            ok = bool(goal[1](e, s, c))
+            met = "yes" if ok else "NO"
+            verdicts.append((label, goal[0], ok))
+        np_ok = ""
+        if n is not None and s is not None and key not in ("size_first",):
+            better = n >= s if hib else n <= s
+            np_ok = "yes" if better else "NO"
+            verdicts.append((label, "not preloaded at least as good as seed", better))
+        ceil_txt = fmt(c, unit) if c is not None else ""
+        if key == "claims_per_s" and c is not None:
+            ceil_txt += " (no ext, no hb)"
+        lines.append([label, fmt(e, unit), fmt(ratio(e, s), "x") if e is not None else "n/a",
+                      fmt(ratio(e, c), "x") if c is not None and e is not None else "",
+                      fmt(n, unit), fmt(ratio(n, s), "x") if n is not None else "n/a",
+                      seed_txt, ceil_txt, goal[0] if goal else "", met, np_ok])
+    return header, lines, verdicts
+
+
+def print_table(header, lines, out):
+    widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
+    def row(r):
+        return "| " + " | ".join(str(v).ljust(widths[i]) for i, v in enumerate(r)) + " |"
+    out.write(row(header) + "\n")
+    out.write("|" + "|".join("-" * (w + 2) for w in widths) + "|\n")
+    for r in lines:
+        out.write(row(r) + "\n")
+
+
+# --------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI mode: small sizes, seconds")
+    ap.add_argument("--json", help="also write all figures as JSON to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (clusters stopped)")
+    ap.add_argument("--seed-sql", help="path of seed_schema.sql (default: found relative to the repo)")
+    ap.add_argument("--user", help="unprivileged user that runs the clusters when run as root "
+                                   "(default: postgres, else nobody)")
+    ap.add_argument("--only", default="hb,claims,reap,kills",
+                    help="comma-separated subset of figures: hb,claims,reap,kills")
+    args = ap.parse_args()
+    P = QUICK if args.quick else FULL
+    only = set(args.only.split(","))
+
+    ENV.keep = args.keep
+    ENV.bindir = pg_config("--bindir")
+    ENV.pgbench = os.path.join(ENV.bindir, "pgbench")
+    if not os.path.exists(ENV.pgbench):
+        ENV.pgbench = shutil.which("pgbench")
+    ENV.seed_sql = args.seed_sql or next(
+        (p for p in [os.path.join(REPO, "..", "shared", "baseline", "seed_schema.sql"),
+                     os.path.join(REPO, "shared", "baseline", "seed_schema.sql"),
+                     "/work/shared/baseline/seed_schema.sql"] if os.path.exists(p)), None)
+    if not ENV.seed_sql:
+        sys.exit("bench: seed_schema.sql not found (../shared/baseline/ from the repo); use --seed-sql")
+    ENV.seed_sql = os.path.abspath(ENV.seed_sql)
+
+    control = os.path.join(pg_config("--sharedir"), "extension", "worker_heartbeat.control")
+    if not os.path.exists(control) and os.geteuid() == 0:
+        log("extension not installed: make && make install in %s" % REPO)
+        r = subprocess.run("make -C '%s' -s && make -C '%s' -s install" % (REPO, REPO), shell=True, stderr=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL)
+        if r.returncode != 0:
+            log("build failed; measuring the seed's design only")
+    ENV.have_ext = os.path.exists(control) and os.path.exists(
+        os.path.join(pg_config("--pkglibdir"), "worker_heartbeat.so"))
+    if not ENV.have_ext:
+        log("worker_heartbeat is not installed: only the seed's figures are measured")
+
+    if os.geteuid() == 0:
+        ENV.user = args.user or next((u for u in ("postgres", "nobody") if _user_exists(u)))
+    ENV.tmp = tempfile.mkdtemp(prefix="whbench.")
+    os.chmod(ENV.tmp, 0o755)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(ENV.user)
+        os.chown(ENV.tmp, pw.pw_uid, pw.pw_gid)
+    atexit.register(cleanup)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *a: sys.exit(130))
+    ENV.clusters = []
+    ENV.A = Cluster("preloaded" if ENV.have_ext else "plain", ENV.have_ext, P["max_workers"])
+    ENV.clusters.append(ENV.A)
+    ENV.A.start()
+    ENV.B = None
+    if ENV.have_ext:
+        ENV.B = Cluster("notpreloaded", False, P["max_workers"])
+        ENV.clusters.append(ENV.B)
+        ENV.B.start()
+    log("clusters up in %s (ports %s)" % (ENV.tmp, ", ".join(str(c.port) for c in ENV.clusters)))
+    setup_databases(P)
+
+    R = {k: {} for k in ("ext", "extnp", "seed", "ceiling")}
+    if "hb" in only:
+        fig_heartbeats(P, R)
+    if "claims" in only:
+        fig_claims(P, R)
+    if "kills" in only:
+        fig_kills(P, R)
+    if "reap" in only:
+        if ENV.have_ext:
+            fig_reap_ext(P, R, "ext", ENV.A, "ext")
+            fig_reap_ext(P, R, "extnp", ENV.B, "extnp")
+        fig_reap_seed(P, R)
+
+    header, lines, verdicts = build_table(P, R)
+    out = sys.stdout
+    out.write("\nworker_heartbeat benchmark (%s mode), PostgreSQL %s, %d cores, %s\n"
+              % ("quick" if args.quick else "full",
+                 re.search(r"\(PostgreSQL\) (\S+)", subprocess.check_output(
+                     [os.path.join(ENV.bindir, "postgres"), "--version"], text=True)).group(1),
+                 os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
+    out.write("extension = preloaded (cluster A); not preloaded = cluster B; seed design = "
+              "seed_schema.sql in cluster A; ratios from this run\n\n")
+    print_table(header, lines, out)
+    out.write("\nclaims/s: 'ceiling' is the same claim on the seed's queue with no extension and no "
+              "heartbeats; seed runs its own heartbeats at the same rate (%.0f/s).\n" % R.get("_claim_hb_rate", 0))
+    out.write("seed kill -> lease back is computed, not measured: dead_after 300 s minus half a 30 s "
+              "heartbeat interval plus half a 60 s cleanup loop (median), 300 + 60 s (max).\n\n")
+    if not args.quick:
+        for label, goal, ok in verdicts:
+            out.write("goal %-4s %s: %s\n" % ("met" if ok else "MISSED", goal, label.strip()))
+    else:
+        out.write("quick mode: sizes too small for the goals to mean anything; goals not judged.\n")
+    missing = [(k, key) for k in ("ext", "extnp", "seed") for key, *_ in rows_spec(P)
+               if ENV.have_ext or k == "seed" if R[k].get(key) is None]
+    out.write("figures missing: %s\n" % (", ".join("%s.%s" % m for m in missing) or "none"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mode": "quick" if args.quick else "full", "params": P, "results": R,
+                       "have_extension": ENV.have_ext,
+                       "figures": [k for k, *_ in rows_spec(P)], "missing": missing}, f, indent=1)
+    log("done")
+    return 0
+
+
+def _user_exists(u):
+    try:
+        pwd.getpwnam(u)
+        return True
+    except KeyError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
