@@ -35,9 +35,20 @@ void throw_error(const std::string& message, const std::string& sqlstate) {
 
 namespace {
 
+// libpq messages span lines ("server closed the connection unexpectedly\n\tThis
+// probably means..."): one line each, for logs.
 std::string trim_message(const char* m) {
-  std::string s = m ? m : "";
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  std::string s;
+  bool space = false;
+  for (const char* p = m ? m : ""; *p; ++p) {
+    if (*p == '\n' || *p == '\t' || *p == ' ') {
+      space = true;
+      continue;
+    }
+    if (space && !s.empty()) s.push_back(' ');
+    space = false;
+    s.push_back(*p);
+  }
   return s;
 }
 
