@@ -39,7 +39,7 @@ WITH ev AS (
   SELECT pg_catalog.date_trunc('minute', ev.occurred_at) AS t,
          pg_catalog.count(*) FILTER (WHERE ev.event IN ('started', 'revived')) AS started,
          pg_catalog.count(*) FILTER (WHERE ev.event = 'died') AS died,
-         pg_catalog.count(*) FILTER (WHERE ev.event IN ('stopped', 'removed')) AS stopped,
+         pg_catalog.count(*) FILTER (WHERE ev.event = 'stopped') AS stopped,
          COALESCE(pg_catalog.sum(ev.released_count) FILTER (WHERE ev.event = 'leases_released'), 0) AS released
     FROM ev GROUP BY 1
 )

@@ -1,0 +1,233 @@
+# The dashboard end to end: a real cluster with the extension preloaded, a
+# registered queue, three session-bound workers (psql sessions), the dashboard
+# binary connected as a read-only monitoring role, and Debian's headless
+# Chromium driven by playwright-core (dashboard/browser/dashboard-test.mjs).
+# One worker's client is killed with SIGKILL; the page must show it dead and its
+# leases released without a reload, within a second. /metrics must pass
+# `promtool check metrics` and agree with the database.
+#
+# The screenshot is kept in tmp_check/dashboard/ (path printed by the test).
+use strict;
+use warnings;
+use FindBin;
+use File::Copy qw(copy);
+use File::Path qw(make_path);
+use HTTP::Tiny;
+use IPC::Run;
+use JSON::PP;
+use Time::HiRes qw(time usleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $repo = "$FindBin::RealBin/../..";
+my $work = "$PostgreSQL::Test::Utils::tmp_check/dashboard";
+make_path($work);
+
+# --- prerequisites: missing ones fail (scripts/packages.txt installs them) ---
+my %need = (
+	chromium => '/usr/bin/chromium',
+	promtool => 'promtool',
+	node     => 'node',
+	npm      => 'npm',
+	cmake    => 'cmake');
+for my $name (sort keys %need)
+{
+	my $found = `command -v $need{$name} 2>/dev/null`;
+	ok($found ne '', "$name is installed")
+	  or BAIL_OUT("$name missing: install the packages in scripts/packages.txt");
+}
+
+# --- the dashboard binary: $WHD_DASHBOARD_BIN, or built here ---
+my $bin = $ENV{WHD_DASHBOARD_BIN};
+if (!$bin)
+{
+	my $build = "$work/build";
+	my $log   = "$work/build.log";
+	my $rc    = system(
+		"cmake -S '$repo/dashboard' -B '$build' -DWHD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >'$log' 2>&1"
+		  . " && cmake --build '$build' -j2 >>'$log' 2>&1");
+	ok($rc == 0, 'dashboard builds')
+	  or diag(slurp_file($log)), BAIL_OUT('dashboard does not build');
+	$bin = "$build/worker-heartbeat-dashboard";
+}
+ok(-x $bin, "dashboard binary at $bin");
+
+# --- playwright-core from the lockfile ---
+my $browser_dir = "$work/browser";
+make_path($browser_dir);
+for my $f (qw(package.json package-lock.json dashboard-test.mjs))
+{
+	copy("$repo/dashboard/browser/$f", "$browser_dir/$f") or die "copy $f: $!";
+}
+if (-d "$repo/dashboard/browser/node_modules/playwright-core")
+{
+	symlink("$repo/dashboard/browser/node_modules", "$browser_dir/node_modules")
+	  unless -e "$browser_dir/node_modules";
+}
+else
+{
+	my $rc = system("cd '$browser_dir' && npm ci --no-audit --no-fund >'$work/npm.log' 2>&1");
+	ok($rc == 0, 'npm ci installs playwright-core from the lockfile')
+	  or diag(slurp_file("$work/npm.log")), BAIL_OUT('npm ci failed');
+}
+
+# --- the cluster ---
+my $node = PostgreSQL::Test::Cluster->new('dashboard');
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'worker_heartbeat'\n");
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE SCHEMA pm_pipeline;
+CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline;
+CREATE TABLE public.jobs (id integer PRIMARY KEY, payload text NOT NULL,
+    state text NOT NULL DEFAULT 'pending', claimed_by text, lease_expires_at timestamptz);
+INSERT INTO public.jobs (id, payload) SELECT g, 'job ' || g FROM generate_series(1, 20) g;
+SELECT pm_pipeline.register_lease_table('public.jobs', 'claimed_by', 'lease_expires_at',
+                                        '{"state": "pending"}');
+-- The read-only monitoring role (as in the README).
+CREATE ROLE wh_monitor LOGIN;
+GRANT USAGE ON SCHEMA pm_pipeline TO wh_monitor;
+GRANT SELECT ON ALL TABLES IN SCHEMA pm_pipeline TO wh_monitor;
+GRANT EXECUTE ON FUNCTION pm_pipeline.get_worker_health_summary(), pm_pipeline.get_worker_stats(),
+    pm_pipeline.reaper_status(), pm_pipeline.metrics() TO wh_monitor;
+});
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT has_table_privilege('wh_monitor', 'pm_pipeline.worker_heartbeats', 'INSERT, UPDATE, DELETE')
+		      OR has_table_privilege('wh_monitor', 'public.jobs', 'SELECT')}),
+	'f',
+	'the monitoring role can write nothing and cannot see the queue');
+
+# --- start the dashboard on a free port ---
+my $host     = $node->host;
+my $port     = $node->port;
+my $conninfo = "host=$host port=$port dbname=postgres user=wh_monitor";
+my ($dout, $derr) = ('', '');
+my $dash = IPC::Run::start([ $bin, '--conninfo', $conninfo, '--listen', '127.0.0.1:0' ],
+	'>', \$dout, '2>', \$derr);
+my $url;
+my $deadline = time + 30;
+while (time < $deadline)
+{
+	$dash->pump_nb;
+	last if ($url) = $dout =~ m{(http://127\.0\.0\.1:\d+/)};
+	last unless $dash->pumpable;
+	usleep(20_000);
+}
+ok($url, "dashboard listens on $url") or diag("stdout: $dout\nstderr: $derr"), BAIL_OUT('no dashboard');
+like($dout, qr/schema pm_pipeline/, 'dashboard found the extension schema in the catalog');
+unlike($derr, qr/role can write/, 'dashboard runs as a role that cannot write');
+my $dport = ($url =~ /:(\d+)\/$/)[0];
+
+my $http = HTTP::Tiny->new(timeout => 10);
+
+# read-only session: the dashboard's connections have the setting forced on
+my $ro = $node->poll_query_until('postgres',
+	q{SELECT count(*) >= 2 FROM pg_stat_activity WHERE application_name = 'worker_heartbeat dashboard'});
+ok($ro, 'dashboard holds its query and LISTEN connections');
+
+my $r = $http->get("${url}api/summary");
+is($r->{status}, 200, '/api/summary answers');
+my $summary = eval { decode_json($r->{content}) };
+ok($summary && exists $summary->{total_active_workers} && ref $summary->{stats_by_type} eq 'ARRAY',
+	'/api/summary is get_worker_health_summary()')
+  or diag($r->{content});
+
+$r = $http->get("${url}metrics", { headers => { Host => "evil.example:$dport" } });
+is($r->{status}, 421, 'a request for another host name is refused (DNS rebinding)');
+$r = $http->request('POST', "${url}api/summary");
+isnt($r->{status}, 200, 'nothing answers a POST');
+
+# --- the browser ---
+my $shot = "$work/dashboard-after-kill.png";
+unlink $shot;
+my ($bout, $berr) = ('', '');
+my $psql = $node->installed_command('psql');
+my $rc = IPC::Run::run(
+	[ 'node', "$browser_dir/dashboard-test.mjs" ],
+	'>', \$bout, '2>', \$berr,
+	init => sub {
+		$ENV{WHD_URL}        = $url;
+		$ENV{WHD_PSQL}       = $psql;
+		$ENV{WHD_CONNINFO}   = "host=$host port=$port dbname=postgres";
+		$ENV{WHD_SCHEMA}     = 'pm_pipeline';
+		$ENV{WHD_TABLE}      = 'public.jobs';
+		$ENV{WHD_SCREENSHOT} = $shot;
+	},
+	IPC::Run::timeout(120));
+note($berr);
+my ($json) = $bout =~ /^RESULT (.*)$/m;
+my $res = eval { decode_json($json // '') } // {};
+ok($rc && $res->{ok}, 'the browser test ran to the end') or diag("stdout: $bout\nerror: " . ($res->{error} // ''));
+ok(defined $res->{elapsed_ms} && $res->{elapsed_ms} <= 1000,
+	'the page showed the killed worker dead and its leases released within a second')
+  or diag('elapsed_ms: ' . ($res->{elapsed_ms} // 'never'));
+note('kill -> page: ' . ($res->{elapsed_ms} // 'never') . ' ms');
+is($res->{leases_shown}, 3, 'the dead worker row shows its 3 leases released');
+ok($res->{same_document} && ($res->{navigations_after} // -1) == ($res->{navigations_before} // -2),
+	'without a reload');
+is_deeply([ sort @{ $res->{pushed} // [] } ], [qw(died leases_released)],
+	'the page learnt both from server-sent events');
+is_deeply($res->{others}, [qw(processing processing)], 'the other workers are still shown processing');
+like($res->{dead_row_text} // '', qr/resize batch 42/, 'the dead row says what the worker was doing');
+like($res->{dead_row_text} // '', qr/session ended/, 'and why it died');
+is($res->{types_dead}, '1', 'workers by type counts it dead');
+is_deeply($res->{console_errors}, [], 'no errors in the browser console');
+ok(-s $shot, "screenshot saved: $shot");
+diag("dashboard screenshot: $shot") if -s $shot;
+
+# the database agrees with the page
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM public.jobs WHERE claimed_by = 'ingest-2' OR (state = 'running' AND claimed_by IS NULL)}),
+	'0', 'the killed worker holds no lease any more and its jobs are pending again');
+
+# --- /metrics ---
+my $metrics;
+my $ok_metrics = 0;
+$deadline = time + 10;
+while (time < $deadline)
+{
+	$r = $http->get("${url}metrics");
+	$metrics = $r->{content};
+	# the two workers the browser test ended gracefully die too: wait for all three
+	if ($r->{status} == 200
+		&& $metrics =~ /^worker_heartbeat_workers\{worker_type="ingest",state="dead"\} 2$/m
+		&& $metrics =~ /^worker_heartbeat_workers\{worker_type="scorer",state="dead"\} 1$/m)
+	{
+		$ok_metrics = 1;
+		last;
+	}
+	usleep(50_000);
+}
+ok($ok_metrics, '/metrics counts the dead workers by type') or diag($metrics);
+like($r->{headers}{'content-type'}, qr{^text/plain; version=0\.0\.4}, '/metrics has the exposition content type');
+my $mfile = "$work/metrics.txt";
+open(my $mf, '>', $mfile) or die $!;
+print $mf $metrics;
+close $mf;
+my $promtool = `promtool check metrics < '$mfile' 2>&1`;
+is($? >> 8, 0, 'promtool check metrics accepts /metrics') or diag($promtool);
+like($metrics, qr/^# TYPE worker_heartbeat_deaths_total counter$/m, 'deaths are a counter');
+my ($deaths) = $metrics =~ /^worker_heartbeat_deaths_total (\d+)$/m;
+ok(defined $deaths && $deaths >= 3, 'deaths_total counts the three deaths') or diag($metrics);
+my ($released) = $metrics =~ /^worker_heartbeat_leases_released_total (\d+)$/m;
+ok(defined $released && $released >= 8, 'leases_released_total counts every released lease')
+  or diag($metrics);
+my ($lat_count) = $metrics =~ /^worker_heartbeat_detection_latency_seconds_count\{worker_type="ingest"\} (\d+)$/m;
+is($lat_count, 2, 'detection latency summary counts the ingest deaths');
+my ($p50) = $metrics =~ /^worker_heartbeat_detection_latency_seconds\{worker_type="ingest",quantile="0.5"\} (\S+)$/m;
+ok(defined $p50 && $p50 =~ /^[0-9.e+-]+$/ && $p50 < 1, "detection latency median is under a second ($p50)");
+# --- the dashboard ends on SIGTERM ---
+$dash->signal('TERM');
+$deadline = time + 10;
+while ($dash->pumpable && time < $deadline)
+{
+	$dash->pump_nb;
+	usleep(20_000);
+}
+ok(!$dash->pumpable, 'dashboard exits on SIGTERM');
+$dash->pumpable ? $dash->kill_kill : $dash->finish;
+is($dash->result, 0, 'with status 0');
+$node->stop;
+done_testing();
