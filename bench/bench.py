@@ -46,7 +46,7 @@ FULL = dict(
     reap_workers=100_000, reap_rows=1_000_000, reap_tables=4, reap_dead=1000,
     reap_idle_reps=21, reap_dead_reps=3,
     kills=20, deadline_kills=5, deadline_s=2, deadline_beat_s=0.5,
-    claim_rows=100_000, claim_clients=8, claim_secs=6, claim_rounds=3,
+    claim_rows=100_000, claim_clients=8, claim_secs=5, claim_rounds=5,
     claim_hb_workers=1000, claim_hb_interval_s=10,
     max_workers=200_000,
 )
@@ -219,7 +219,13 @@ CREATE INDEX ON {s}.{t} (id) WHERE state = 'pending';
 CREATE INDEX ON {s}.{t} (claimed_by) WHERE claimed_by IS NOT NULL;
 """
 # The extension's registered tables get the same shape as the seed's queue
-# (a fixture of the benchmark, written here, not taken from the seed file).
+# (a fixture of the benchmark, written here, not taken from the seed file),
+# plus the index on the expires column that register_lease_table() asks for
+# (NOTICE "has no index on column lease_expires_at": without it every reaping
+# pass scans the whole table). The seed's own queue stays verbatim.
+EXPIRES_IDX = """
+CREATE INDEX ON {s}.{t} (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+"""
 
 
 def setup_databases(P):
@@ -228,6 +234,13 @@ def setup_databases(P):
         c.execute("CREATE DATABASE seed")
         if ENV.have_ext:
             c.execute("CREATE DATABASE ext")
+        # the claim benchmark's "no extension" ceiling: the extension's queue
+        # table, same shape and indexes, in a database without the extension
+        c.execute("CREATE DATABASE plain")
+    with A.connect("plain") as c:
+        c.execute("CREATE SCHEMA pm_pipeline")
+        c.execute(QUEUE_DDL.format(s=SCHEMA, t="company_research_queue"))
+        c.execute(EXPIRES_IDX.format(s=SCHEMA, t="company_research_queue"))
     with A.connect("seed") as c:
         with open(ENV.seed_sql) as f:
             c.execute(f.read())
@@ -242,6 +255,7 @@ def setup_databases(P):
                 c.execute("CREATE SCHEMA pm_pipeline")
                 c.execute("CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline")
                 c.execute(QUEUE_DDL.format(s=SCHEMA, t="company_research_queue"))
+                c.execute(EXPIRES_IDX.format(s=SCHEMA, t="company_research_queue"))
                 c.execute("SELECT pm_pipeline.register_lease_table("
                           "'pm_pipeline.company_research_queue'::regclass, 'claimed_by', "
                           "'lease_expires_at', '{\"state\": \"pending\"}'::jsonb)")
@@ -281,6 +295,64 @@ def wait_reaper_passes(cl, db, n=2, timeout=10.0):
 
 
 # --------------------------------------------------------------------------
+# profiling (--profile DIR): perf samples (cpu-clock: this machine's VM has no
+# hardware counters) and the plans of the statements run inside a reaping pass
+# --------------------------------------------------------------------------
+class Perf:
+    """perf record -e cpu-clock for the duration of a with-block."""
+    def __init__(self, name, pid=None):
+        self.name, self.pid, self.p = name, pid, None
+
+    def __enter__(self):
+        if not ENV.profile or not shutil.which("perf") or os.geteuid() != 0:
+            return self
+        self.data = os.path.join(ENV.profile, self.name + ".perf.data")
+        target = ["-p", str(self.pid)] if self.pid else ["-a"]
+        self.p = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g",
+                                   "-o", self.data] + target,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc):
+        if not self.p:
+            return False
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait()
+        for sort, suffix, comm in (("comm,dso", "by_process", []), ("dso,symbol", "by_symbol", ["--comm", "postgres"])):
+            with open(os.path.join(ENV.profile, "%s.%s.txt" % (self.name, suffix)), "w") as f:
+                subprocess.run(["perf", "report", "-i", self.data, "--no-children", "--stdio",
+                                "-g", "none", "--percent-limit", "0.3", "--sort", sort] + comm,
+                               stdout=f, stderr=subprocess.DEVNULL)
+        with open(os.path.join(ENV.profile, "%s.callers.txt" % self.name), "w") as f:
+            subprocess.run(["perf", "report", "-i", self.data, "--children", "--stdio",
+                            "-g", "caller,0.5,callee,function,percent", "--percent-limit", "2",
+                            "--comm", "postgres", "--sort", "symbol"],
+                           stdout=f, stderr=subprocess.DEVNULL)
+        os.unlink(self.data)
+        return False
+
+
+def explain_pass(c, name):
+    """Plans (with timings) of every statement a reaping pass runs, via auto_explain."""
+    if not ENV.profile:
+        return
+    notes = []
+    c.add_notice_handler(lambda d: notes.append(d.message_primary))
+    c.execute("LOAD 'auto_explain'")
+    for k, v in (("log_min_duration", "0"), ("log_analyze", "on"), ("log_buffers", "on"),
+                 ("log_nested_statements", "on"), ("log_level", "notice"), ("log_timing", "on")):
+        c.execute("SET auto_explain.%s = %s" % (k, v))
+    t0 = time.perf_counter()
+    c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
+    wall = (time.perf_counter() - t0) * 1000
+    c.execute("SET auto_explain.log_min_duration = -1")
+    with open(os.path.join(ENV.profile, name + ".plans.txt"), "w") as f:
+        f.write("-- one pass, %.3f ms on the client's clock\n\n" % wall)
+        f.write("\n\n".join(notes))
+
+
+# --------------------------------------------------------------------------
 # figures 1-3: heartbeats/s, WAL per heartbeat, table size after 1M beats
 # --------------------------------------------------------------------------
 def hb_script(P):
@@ -309,7 +381,8 @@ def fig_heartbeats(P, R):
             lsn0 = q1(c, "SELECT pg_current_wal_lsn()")
             log("%s: %d heartbeats from %d workers, %d clients ..."
                 % (key, per_client * P["hb_clients"], P["hb_workers"], P["hb_clients"]))
-            r = pgbench(cl, db, script, P["hb_clients"], transactions=per_client)
+            with Perf("hb_" + key):
+                r = pgbench(cl, db, script, P["hb_clients"], transactions=per_client)
             if r["failed"]:
                 raise RuntimeError("%s: %d heartbeats failed" % (key, r["failed"]))
             if key == "ext":
@@ -329,7 +402,8 @@ def fig_heartbeats(P, R):
             log("%s: %.0f hb/s, %.1f WAL bytes/hb, table %d -> %d bytes"
                 % (key, r["tps"], float(wal) / n, size0, size1))
     log("ceiling: SELECT 1 ...")
-    r = pgbench(ENV.A, "seed", sel1, P["hb_clients"], transactions=per_client)
+    with Perf("hb_ceiling"):
+        r = pgbench(ENV.A, "seed", sel1, P["hb_clients"], transactions=per_client)
     R["ceiling"]["hb_per_s"] = r["tps"]
     log("ceiling: %.0f SELECT 1/s" % r["tps"])
 
@@ -364,7 +438,7 @@ def fig_claims(P, R):
     hb = hb_script(dict(P, hb_workers=P["claim_hb_workers"]))
     rate = P["claim_hb_workers"] / P["claim_hb_interval_s"]
     # (result key, cluster, db, heartbeats running?)
-    runs = [("ceiling", ENV.A, "seed", False), ("seed", ENV.A, "seed", True)]
+    runs = [("ceiling", ENV.A, "plain", False), ("seed", ENV.A, "seed", True)]
     if ENV.have_ext:
         runs += [("ext", ENV.A, "ext", True), ("extnp", ENV.B, "extnp", True)]
     samples = {k: [] for k, _, _, _ in runs}
@@ -431,6 +505,7 @@ def fig_reap_ext(P, R, key, cl, db):
         # map rows to workers: 10 leased rows per worker at 100k/1M
         for k, t in enumerate(reap_tables(P)):
             c.execute(QUEUE_DDL.format(s=SCHEMA, t=t))
+            c.execute(EXPIRES_IDX.format(s=SCHEMA, t=t))
         c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, "
                   "CASE WHEN g <= %s THEN 'reap_doomed' ELSE 'reap_live' END, 'processing') "
                   "FROM generate_series(1, %s::int) g", (nd, nw))
@@ -453,6 +528,11 @@ def fig_reap_ext(P, R, key, cl, db):
         R[key]["reap_idle_ms"] = statistics.median(idle)
         R[key]["reap_idle_max_ms"] = max(idle)
         log("%s: idle pass median %.3f ms (max %.3f)" % (key, statistics.median(idle), max(idle)))
+        if ENV.profile:
+            explain_pass(c, "reap_idle_" + key)
+            with Perf("reap_idle_" + key, pid=c.info.backend_pid):
+                for _ in range(300):
+                    c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
         dead = []
         for rep in range(P["reap_dead_reps"]):
             if rep:
@@ -465,10 +545,15 @@ def fig_reap_ext(P, R, key, cl, db):
                 c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
             c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
             time.sleep(1.3)
-            plan_ms = None
-            t0 = time.perf_counter()
-            n = q1(c, "SELECT pm_pipeline.release_dead_worker_leases()")
-            wall = (time.perf_counter() - t0) * 1000
+            if ENV.profile and rep == P["reap_dead_reps"] - 1:
+                explain_pass(c, "reap_dead_" + key)
+                n, wall = None, None
+            else:
+                t0 = time.perf_counter()
+                n = q1(c, "SELECT pm_pipeline.release_dead_worker_leases()")
+                wall = (time.perf_counter() - t0) * 1000
+            if wall is None:
+                continue
             expected = sum(q1(c, "SELECT count(*) FROM pm_pipeline.%s WHERE id IS NOT NULL "
                                  "AND (id - 1) %% %s < %s" % (t, nw, nd)) for t in reap_tables(P))
             if n != expected:
@@ -508,6 +593,7 @@ def fig_reap_seed(P, R):
         R["seed"]["reap_idle_ms"] = statistics.median(idle)
         R["seed"]["reap_idle_max_ms"] = max(idle)
         log("seed: idle pass median %.3f ms" % statistics.median(idle))
+        explain_pass(c, "reap_idle_seed")
         dead = []
         for rep in range(P["reap_dead_reps"]):
             if rep:
@@ -725,6 +811,12 @@ def main():
     ap.add_argument("--seed-sql", help="path of seed_schema.sql (default: found relative to the repo)")
     ap.add_argument("--user", help="unprivileged user that runs the clusters when run as root "
                                    "(default: postgres, else nobody)")
+    ap.add_argument("--no-build", action="store_true",
+                    help="never run make && make install, even if the extension is not installed")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="also profile: perf (cpu-clock) during the heartbeat runs and reaping "
+                         "passes, auto_explain plans of a pass; reports written to DIR. "
+                         "Distorts the figures of that run")
     ap.add_argument("--only", default="hb,claims,reap,kills",
                     help="comma-separated subset of figures: hb,claims,reap,kills")
     args = ap.parse_args()
@@ -732,6 +824,9 @@ def main():
     only = set(args.only.split(","))
 
     ENV.keep = args.keep
+    ENV.profile = os.path.abspath(args.profile) if args.profile else None
+    if ENV.profile:
+        os.makedirs(ENV.profile, exist_ok=True)
     ENV.bindir = pg_config("--bindir")
     ENV.pgbench = os.path.join(ENV.bindir, "pgbench")
     if not os.path.exists(ENV.pgbench):
@@ -745,7 +840,7 @@ def main():
     ENV.seed_sql = os.path.abspath(ENV.seed_sql)
 
     control = os.path.join(pg_config("--sharedir"), "extension", "worker_heartbeat.control")
-    if not os.path.exists(control) and os.geteuid() == 0:
+    if not os.path.exists(control) and os.geteuid() == 0 and not args.no_build:
         log("extension not installed: make && make install in %s" % REPO)
         r = subprocess.run("make -C '%s' -s && make -C '%s' -s install" % (REPO, REPO), shell=True, stderr=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL)
