@@ -808,7 +808,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="CI mode: small sizes, seconds")
     ap.add_argument("--json", help="also write all figures as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (clusters stopped)")
-    ap.add_argument("--seed-sql", help="path of seed_schema.sql (default: found relative to the repo)")
+    ap.add_argument("--seed-sql", help="path of seed_schema.sql (default: $WH_SEED_SQL, else "
+                                       "../shared/baseline/seed_schema.sql relative to the repo)")
+    ap.add_argument("--find-seed", action="store_true",
+                    help="print the path of seed_schema.sql that would be used and exit")
     ap.add_argument("--user", help="unprivileged user that runs the clusters when run as root "
                                    "(default: postgres, else nobody)")
     ap.add_argument("--no-build", action="store_true",
@@ -820,6 +823,10 @@ def main():
     ap.add_argument("--only", default="hb,claims,reap,kills",
                     help="comma-separated subset of figures: hb,claims,reap,kills")
     args = ap.parse_args()
+    if args.find_seed:
+        p = args.seed_sql or find_seed_sql()
+        print(os.path.abspath(p) if p else "")
+        return 0 if p else 1
     P = QUICK if args.quick else FULL
     only = set(args.only.split(","))
 
@@ -831,10 +838,7 @@ def main():
     ENV.pgbench = os.path.join(ENV.bindir, "pgbench")
     if not os.path.exists(ENV.pgbench):
         ENV.pgbench = shutil.which("pgbench")
-    ENV.seed_sql = args.seed_sql or next(
-        (p for p in [os.path.join(REPO, "..", "shared", "baseline", "seed_schema.sql"),
-                     os.path.join(REPO, "shared", "baseline", "seed_schema.sql"),
-                     "/work/shared/baseline/seed_schema.sql"] if os.path.exists(p)), None)
+    ENV.seed_sql = args.seed_sql or find_seed_sql()
     if not ENV.seed_sql:
         sys.exit("bench: seed_schema.sql not found (../shared/baseline/ from the repo); use --seed-sql")
     ENV.seed_sql = os.path.abspath(ENV.seed_sql)
@@ -915,6 +919,18 @@ def main():
                        "figures": [k for k, *_ in rows_spec(P)], "missing": missing}, f, indent=1)
     log("done")
     return 0
+
+
+def find_seed_sql():
+    """The seed's design: ../shared/baseline/seed_schema.sql relative to the repo
+    (WH_SEED_SQL overrides; /work/shared/... is where this machine keeps it when
+    the tree was copied elsewhere, as scripts/test does)."""
+    for p in [os.environ.get("WH_SEED_SQL"),
+              os.path.join(REPO, "..", "shared", "baseline", "seed_schema.sql"),
+              "/work/shared/baseline/seed_schema.sql"]:
+        if p and os.path.exists(p):
+            return p
+    return None
 
 
 def _user_exists(u):
