@@ -63,7 +63,8 @@ SELECT pg_catalog.json_build_object(
                           (pg_catalog.to_jsonb(v) - 'metadata') || pg_catalog.jsonb_build_object(
                             'detection_latency_s',
                             (SELECT pg_catalog.date_part('epoch', e.detection_latency)
-                               FROM )SQL" + s + R"SQL(.worker_events AS e
+                               FROM )SQL" +
+         s + R"SQL(.worker_events AS e
                               WHERE e.worker_id = v.worker_id AND e.event = 'died'
                               ORDER BY e.event_id DESC LIMIT 1),
                             'leases_released',
