@@ -27,6 +27,10 @@ PG_CXXFLAGS += -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field
                -Wno-register -fno-rtti -Isrc
 SHLIB_LINK  += -lstdc++
 
+# No LLVM bitcode for JIT inlining: it would be built by clang without our
+# C++ flags, and nothing of ours is worth inlining into JIT-compiled queries.
+override with_llvm = no
+
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 

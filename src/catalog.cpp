@@ -1,0 +1,76 @@
+#include "catalog.hpp"
+
+extern "C" {
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "utils/acl.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+}
+
+namespace wh::catalog {
+
+bool FindExtension(Extension *out)
+{
+	// get_extension_schema() is not exported before PostgreSQL 16: read pg_extension.
+	Relation rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ, CStringGetDatum("worker_heartbeat"));
+	SysScanDesc scan = systable_beginscan(rel, ExtensionNameIndexId, true, nullptr, 1, &key);
+	HeapTuple tuple = systable_getnext(scan);
+	bool found = HeapTupleIsValid(tuple);
+	if (found) {
+		auto *form = reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple));
+		out->oid = form->oid;
+		out->schema = form->extnamespace;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!found)
+		return false;
+	char *name = get_namespace_name(out->schema);
+	if (!name)
+		return false;
+	out->schema_quoted = quote_identifier(name);
+	return true;
+}
+
+Extension RequireExtension()
+{
+	Extension ext;
+	if (!FindExtension(&ext))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+		                errmsg("extension \"worker_heartbeat\" is not installed in this database"),
+		                errhint("CREATE SCHEMA pm_pipeline; CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline;")));
+	return ext;
+}
+
+char *Qualified(const Extension &ext, const char *object)
+{
+	return psprintf("%s.%s", ext.schema_quoted, quote_identifier(object));
+}
+
+Oid RelationOwner(Oid relid)
+{
+	HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	Oid owner = reinterpret_cast<Form_pg_class>(GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+bool IsOwner(Oid relid, Oid roleid)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_ownercheck(RelationRelationId, relid, roleid);
+#else
+	return pg_class_ownercheck(relid, roleid);
+#endif
+}
+
+} // namespace wh::catalog

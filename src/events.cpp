@@ -1,0 +1,166 @@
+#include "events.hpp"
+
+#include "spi_plans.hpp"
+
+#include <utility>
+
+extern "C" {
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "utils/array.h"
+#include "utils/json.h"
+}
+
+namespace wh::events {
+
+namespace {
+
+Datum IntervalFromMicroseconds(int64 us)
+{
+	auto *interval = static_cast<Interval *>(palloc0(sizeof(Interval)));
+	interval->time = us;
+	return PointerGetDatum(interval);
+}
+
+void JsonField(StringInfo buf, const char *key, const char *value)
+{
+	if (!value)
+		return;
+	appendStringInfo(buf, ",\"%s\":", key);
+	escape_json(buf, value);
+}
+
+void JsonSeconds(StringInfo buf, const char *key, int64 us)
+{
+	if (us < 0)
+		return;
+	appendStringInfo(buf, ",\"%s\":%.3f", key, static_cast<double>(us) / 1e6);
+}
+
+char *Payload(const Event &e, TimestampTz at)
+{
+	StringInfoData buf;
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"event\":");
+	escape_json(&buf, e.event);
+	JsonField(&buf, "worker_id", e.worker_id);
+	JsonField(&buf, "worker_type", e.worker_type);
+	JsonField(&buf, "cause", e.cause);
+	JsonField(&buf, "table", e.table_name);
+	if (e.released_count >= 0)
+		appendStringInfo(&buf, ",\"count\":%d", e.released_count);
+	JsonField(&buf, "reason", e.reason);
+	JsonSeconds(&buf, "silent_for_s", e.silent_for_us);
+	JsonSeconds(&buf, "detection_latency_s", e.latency_us);
+	JsonField(&buf, "at", timestamptz_to_str(at));
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+char *Details(const Event &e)
+{
+	if (!e.cause && !e.reason)
+		return nullptr;
+	StringInfoData buf;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	bool first = true;
+	for (auto [key, value] : {std::pair<const char *, const char *>{"cause", e.cause}, {"reason", e.reason}}) {
+		if (!value)
+			continue;
+		appendStringInfo(&buf, "%s\"%s\":", first ? "" : ",", key);
+		escape_json(&buf, value);
+		first = false;
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+ArrayType *TextArray(Datum *values, bool *nulls, int n)
+{
+	int dims[1] = {n};
+	int lbs[1] = {1};
+	return construct_md_array(values, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+} // namespace
+
+Batch *Batch::Create()
+{
+	auto *batch = static_cast<Batch *>(palloc(sizeof(Batch)));
+	batch->capacity_ = 16;
+	batch->count_ = 0;
+	batch->items_ = static_cast<Event *>(palloc(sizeof(Event) * batch->capacity_));
+	return batch;
+}
+
+void Batch::Add(const Event &event)
+{
+	if (count_ == capacity_) {
+		capacity_ *= 2;
+		items_ = static_cast<Event *>(repalloc(items_, sizeof(Event) * capacity_));
+	}
+	Event &copy = items_[count_++];
+	copy = event;
+	// Keep our own copies: callers' strings may live in SPI memory.
+	copy.worker_id = event.worker_id ? pstrdup(event.worker_id) : nullptr;
+	copy.worker_type = event.worker_type ? pstrdup(event.worker_type) : nullptr;
+	copy.table_name = event.table_name ? pstrdup(event.table_name) : nullptr;
+}
+
+void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
+{
+	if (count_ == 0)
+		return;
+	int n = count_;
+	auto *text_values = static_cast<Datum *>(palloc(sizeof(Datum) * n * 5));
+	auto *text_nulls = static_cast<bool *>(palloc(sizeof(bool) * n * 5));
+	auto *counts = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+	auto *count_nulls = static_cast<bool *>(palloc(sizeof(bool) * n));
+	auto *silent = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+	auto *silent_nulls = static_cast<bool *>(palloc(sizeof(bool) * n));
+	auto *latency = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+	auto *latency_nulls = static_cast<bool *>(palloc(sizeof(bool) * n));
+	for (int i = 0; i < n; ++i) {
+		const Event &e = items_[i];
+		const char *texts[5] = {e.event, e.worker_id, e.worker_type, e.table_name, Details(e)};
+		for (int f = 0; f < 5; ++f) {
+			text_nulls[f * n + i] = texts[f] == nullptr;
+			text_values[f * n + i] = texts[f] ? CStringGetTextDatum(texts[f]) : (Datum)0;
+		}
+		count_nulls[i] = e.released_count < 0;
+		counts[i] = Int32GetDatum(e.released_count);
+		silent_nulls[i] = e.silent_for_us < 0;
+		silent[i] = e.silent_for_us < 0 ? (Datum)0 : IntervalFromMicroseconds(e.silent_for_us);
+		latency_nulls[i] = e.latency_us < 0;
+		latency[i] = e.latency_us < 0 ? (Datum)0 : IntervalFromMicroseconds(e.latency_us);
+	}
+	int dims[1] = {n};
+	int lbs[1] = {1};
+	Datum args[9];
+	args[0] = TimestampTzGetDatum(at);
+	for (int f = 0; f < 5; ++f)
+		args[1 + f] = PointerGetDatum(TextArray(text_values + f * n, text_nulls + f * n, n));
+	args[6] = PointerGetDatum(construct_md_array(counts, count_nulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
+	args[7] = PointerGetDatum(
+	    construct_md_array(silent, silent_nulls, 1, dims, lbs, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE));
+	args[8] = PointerGetDatum(construct_md_array(latency, latency_nulls, 1, dims, lbs, INTERVALOID, sizeof(Interval),
+	                                             false, TYPALIGN_DOUBLE));
+	static const Oid types[9] = {TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	                             TEXTARRAYOID,   INT4ARRAYOID, INTERVALARRAYOID, INTERVALARRAYOID};
+	char *sql = psprintf("INSERT INTO %s (occurred_at, event, worker_id, worker_type, table_name, details, "
+	                     "released_count, silent_for, detection_latency) "
+	                     "SELECT $1, u.event, u.worker_id, u.worker_type, u.table_name, u.details::pg_catalog.jsonb, "
+	                     "u.released_count, u.silent_for, u.detection_latency "
+	                     "FROM pg_catalog.unnest($2, $3, $4, $5, $6, $7, $8, $9) "
+	                     "AS u(event, worker_id, worker_type, table_name, details, released_count, silent_for, "
+	                     "detection_latency)",
+	                     catalog::Qualified(ext, "worker_events"));
+	spi::Run(spi::Plan(sql, 9, types), args, nullptr, false);
+	for (int i = 0; i < n; ++i)
+		if (strcmp(items_[i].event, "removed") != 0)
+			Async_Notify(kChannel, Payload(items_[i], at));
+	count_ = 0;
+}
+
+} // namespace wh::events

@@ -1,0 +1,48 @@
+// The shared-memory heartbeat cache (only when the library is preloaded).
+//
+// Key: (database, worker_id). A heartbeat whose other arguments hash to the
+// digest stored here, from the same session binding and the same installed
+// extension, is only a new timestamp: it is stored here and the reaper
+// flushes it to worker_heartbeats at the start of its next pass. Everything
+// else goes to the table (heartbeats.cpp) and refreshes the entry once that
+// transaction commits.
+#pragma once
+
+#include "pg.hpp"
+
+namespace wh::cache {
+
+void RequestShmem(); // shmem_request_hook
+void InitShmem();    // shmem_startup_hook
+bool Available();    // preloaded and initialised
+
+struct Beat {
+	Oid dboid;
+	const char *worker_id;
+	int worker_id_len;
+	Oid function_oid; // the upsert function's OID: changes when the extension is re-created
+	uint64 digest;
+	int32 bound_pid; // 0 when not session-bound
+	TimestampTz at;
+};
+
+// True when the beat was absorbed (nothing else to do).
+bool TryFastBeat(const Beat &beat);
+// After the table was written: refresh the entry when this transaction commits.
+void RememberAtCommit(const Beat &beat);
+void Forget(Oid dboid, const char *worker_id, int worker_id_len);
+void ForgetDatabase(Oid dboid);
+
+// The reaper's side.
+struct Pending {
+	int count;
+	Datum *worker_ids; // text
+	Datum *beats;      // timestamptz
+};
+// Beats of dboid not yet written to the table (palloc'd in the current context).
+Pending CollectUnflushed(Oid dboid);
+// Marks the worker dead unless it beat after cutoff. Workers not in the cache
+// are left to the table's verdict (returns true).
+bool TryMarkDead(Oid dboid, const char *worker_id, int worker_id_len, TimestampTz cutoff);
+
+} // namespace wh::cache

@@ -1,0 +1,368 @@
+#include "heartbeats.hpp"
+
+#include "boundary.hpp"
+#include "core/digest.hpp"
+#include "core/worker_status.hpp"
+#include "events.hpp"
+#include "heartbeat_cache.hpp"
+#include "leases.hpp"
+#include "reaper.hpp"
+#include "reaper_registry.hpp"
+#include "spi_plans.hpp"
+
+#include <cstring>
+#include <string_view>
+
+extern "C" {
+#include "catalog/pg_type.h"
+#include "storage/ipc.h"
+#include "utils/uuid.h"
+}
+
+namespace wh::heartbeats {
+
+namespace {
+
+constexpr const char *kLiveStatuses = "ARRAY['active','idle','processing']::pg_catalog.text[]";
+
+std::string_view View(text *value)
+{
+	return std::string_view(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
+}
+
+uint64 DigestOf(const HeartbeatArgs &a)
+{
+	core::ArgumentDigest digest;
+	digest.AddText(View(a.worker_type));
+	digest.AddText(View(a.status));
+	if (a.run_id)
+		digest.AddBytes(a.run_id->data, UUID_LEN);
+	else
+		digest.AddNull();
+	if (a.task)
+		digest.AddText(View(a.task));
+	else
+		digest.AddNull();
+	if (a.has_lease_expires)
+		digest.AddInt64(a.lease_expires);
+	else
+		digest.AddNull();
+	if (a.metadata)
+		digest.AddBytes(VARDATA_ANY(a.metadata), VARSIZE_ANY_EXHDR(a.metadata));
+	else
+		digest.AddNull();
+	digest.AddBool(a.session_bound);
+	return digest.Value();
+}
+
+// --- the session hook ---------------------------------------------------------
+bool session_hook_installed = false;
+
+void OnSessionEnd(int, Datum)
+{
+	// The session is ending: wake the reaper, telling it which session it was,
+	// because pg_stat_activity may still list us for a few more moments.
+	registry::NoteSessionEnded(MyDatabaseId, MyProcPid, MyStartTimestamp, GetCurrentTimestamp());
+}
+
+void InstallSessionHook()
+{
+	if (session_hook_installed)
+		return;
+	before_shmem_exit(OnSessionEnd, (Datum)0);
+	session_hook_installed = true;
+}
+
+void EnsureReaper(TimestampTz now)
+{
+	if (registry::ShouldStartReaper(MyDatabaseId, now))
+		reaper::StartForDatabase(MyDatabaseId, false);
+}
+
+struct Previous {
+	bool found;
+	bool inserted;
+	char *status;
+	char *worker_type;
+	bool bound_elsewhere;
+	int32 bound_pid;
+};
+
+// One row written, or found bound to another session. Returns what was there before.
+Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
+{
+	constexpr int kArgs = 12;
+	static const Oid types[kArgs] = {TEXTOID,  TEXTOID, TEXTOID,        UUIDOID, TEXTOID,        TIMESTAMPTZOID,
+	                                 JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
+	Datum values[kArgs] = {
+	    PointerGetDatum(a.worker_id),
+	    PointerGetDatum(a.worker_type),
+	    PointerGetDatum(a.status),
+	    a.run_id ? UUIDPGetDatum(a.run_id) : (Datum)0,
+	    a.task ? PointerGetDatum(a.task) : (Datum)0,
+	    TimestampTzGetDatum(a.lease_expires),
+	    a.metadata ? JsonbPGetDatum(a.metadata) : (Datum)0,
+	    Int32GetDatum(MyProcPid),
+	    TimestampTzGetDatum(MyStartTimestamp),
+	    TimestampTzGetDatum(now),
+	    Int32GetDatum(MyProcPid),
+	    TimestampTzGetDatum(MyStartTimestamp),
+	};
+	char nulls[kArgs + 1] = "            ";
+	if (!a.run_id)
+		nulls[3] = 'n';
+	if (!a.task)
+		nulls[4] = 'n';
+	if (!a.has_lease_expires)
+		nulls[5] = 'n';
+	if (!a.metadata)
+		nulls[6] = 'n';
+	if (!a.session_bound)
+		nulls[7] = nulls[8] = 'n';
+
+	const char *table = catalog::Qualified(ext, "worker_heartbeats");
+	// The self-join returns the row as it was: its status (revived? restarted?)
+	// and the session it was bound to.
+	char *update_sql = psprintf(
+	    "UPDATE %s AS w SET worker_type = $2, status = $3, current_run_id = $4, current_task = $5, "
+	    "lease_expires_at = $6, "
+	    "metadata = CASE WHEN $7::pg_catalog.jsonb IS NULL THEN w.metadata ELSE w.metadata OPERATOR(pg_catalog.||) $7 END, "
+	    "session_pid = $8, session_started_at = $9, last_heartbeat_at = $10, "
+	    "started_at = CASE WHEN old.status OPERATOR(pg_catalog.=) 'stopped' THEN $10 ELSE w.started_at END, "
+	    "died_at = NULL, death_cause = NULL "
+	    "FROM (SELECT o.status, o.worker_type, o.session_pid, o.session_started_at FROM %s o "
+	    "      WHERE o.worker_id OPERATOR(pg_catalog.=) $1 FOR UPDATE) AS old "
+	    "WHERE w.worker_id OPERATOR(pg_catalog.=) $1 "
+	    "RETURNING old.status, old.worker_type, "
+	    "CASE WHEN old.session_pid IS NOT NULL AND (old.session_pid, old.session_started_at) IS DISTINCT FROM ($11, $12) "
+	    "THEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(old.session_pid) s "
+	    "             WHERE s.backend_start OPERATOR(pg_catalog.=) old.session_started_at) ELSE false END, "
+	    "old.session_pid",
+	    table, table);
+	char *insert_sql = psprintf(
+	    "INSERT INTO %s AS w (worker_id, worker_type, status, current_run_id, current_task, lease_expires_at, "
+	    "metadata, session_pid, session_started_at, last_heartbeat_at, started_at) "
+	    "VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '{}'::pg_catalog.jsonb), $8, $9, $10, $10) "
+	    "ON CONFLICT (worker_id) DO NOTHING RETURNING 1",
+	    table);
+
+	Previous prev{};
+	for (int attempt = 0; attempt < 3; ++attempt) {
+		spi::Run(spi::Plan(update_sql, kArgs, types), values, nulls, false);
+		if (SPI_processed > 0) {
+			prev.found = true;
+			prev.status = spi::ColumnText(0, 1);
+			prev.worker_type = spi::ColumnText(0, 2);
+			bool isnull = false;
+			prev.bound_elsewhere = DatumGetBool(spi::Column(0, 3, &isnull));
+			Datum pid = spi::Column(0, 4, &isnull);
+			prev.bound_pid = isnull ? 0 : DatumGetInt32(pid);
+			return prev;
+		}
+		spi::Run(spi::Plan(insert_sql, kArgs, types), values, nulls, false);
+		if (SPI_processed > 0) {
+			prev.inserted = true;
+			return prev;
+		}
+		// Another session inserted the same worker in between: update it.
+	}
+	elog(ERROR, "worker_heartbeat: worker \"%s\" kept changing during its heartbeat", text_to_cstring(a.worker_id));
+}
+
+} // namespace
+
+void CheckIdentifierArg(text *value, const char *what)
+{
+	if (!value)
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be null", what)));
+	switch (core::CheckIdentifier(View(value))) {
+	case core::IdentifierProblem::None:
+		return;
+	case core::IdentifierProblem::Empty:
+	case core::IdentifierProblem::Blank:
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s must not be empty", what)));
+		break;
+	case core::IdentifierProblem::TooLong:
+		ereport(ERROR, (errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+		                errmsg("%s is too long (%d bytes)", what, static_cast<int>(VARSIZE_ANY_EXHDR(value))),
+		                errdetail("At most %d bytes are allowed.", static_cast<int>(core::kMaxIdentifierBytes))));
+		break;
+	}
+}
+
+void Validate(const HeartbeatArgs &a)
+{
+	CheckIdentifierArg(a.worker_id, "worker_id");
+	CheckIdentifierArg(a.worker_type, "worker_type");
+	if (!a.status)
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("status must not be null"),
+		                errhint("Use one of active, idle, processing, stopped.")));
+	auto status = core::ParseStatus(View(a.status));
+	if (!status)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("unknown worker status \"%s\"", text_to_cstring(a.status)),
+		                errhint("Use one of active, idle, processing, stopped.")));
+	if (!core::IsReportable(*status))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("a worker cannot report itself dead"),
+		                errhint("Only the reaper declares workers dead; call stop_worker() when a worker shuts down.")));
+	if (a.metadata && !JB_ROOT_IS_OBJECT(a.metadata))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("metadata must be a JSON object"),
+		                errhint("For example '{\"version\": \"1.2\"}'.")));
+}
+
+void Beat(const HeartbeatArgs &a)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	auto status = *core::ParseStatus(View(a.status));
+	bool live = core::IsLive(status);
+	cache::Beat beat{MyDatabaseId,
+	                 VARDATA_ANY(a.worker_id),
+	                 static_cast<int>(VARSIZE_ANY_EXHDR(a.worker_id)),
+	                 a.function_oid,
+	                 DigestOf(a),
+	                 a.session_bound ? MyProcPid : 0,
+	                 now};
+
+	// Fast path: nothing but the time changed since the last heartbeat.
+	if (live && cache::TryFastBeat(beat)) {
+		registry::NoteHeartbeatsPending(MyDatabaseId);
+		EnsureReaper(now);
+		return;
+	}
+
+	catalog::Extension ext = catalog::RequireExtension();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "worker_heartbeat: SPI_connect failed");
+	Previous prev = WriteRow(ext, a, now);
+	if (prev.bound_elsewhere)
+		ereport(ERROR,
+		        (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+		         errmsg("worker \"%s\" is bound to another database session (pid %d)", text_to_cstring(a.worker_id),
+		                prev.bound_pid),
+		         errdetail("It was registered with p_session_bound => true, and that session is still open."),
+		         errhint("Behind a transaction-mode pooler (PgBouncer, Supavisor) every call may land on another "
+		                 "server session: heartbeat with p_session_bound => false there. Otherwise two processes "
+		                 "share this worker_id.")));
+
+	bool was_live = prev.found && prev.status && core::ParseStatus(prev.status) &&
+	                core::IsLive(*core::ParseStatus(prev.status));
+	events::Batch *batch = events::Batch::Create();
+	events::Event e{};
+	e.worker_id = text_to_cstring(a.worker_id);
+	e.worker_type = text_to_cstring(a.worker_type);
+	e.released_count = -1;
+	e.silent_for_us = -1;
+	e.latency_us = -1;
+	if (prev.inserted || (prev.found && prev.status && strcmp(prev.status, "stopped") == 0 && live)) {
+		e.event = "started";
+		batch->Add(e);
+	} else if (prev.found && prev.status && strcmp(prev.status, "dead") == 0 && live) {
+		e.event = "revived";
+		batch->Add(e);
+	}
+	batch->Flush(ext, now);
+	SPI_finish();
+
+	if (live && (!was_live || (prev.worker_type && strcmp(prev.worker_type, e.worker_type) != 0)))
+		registry::WorkerBecameLive(MyDatabaseId, now);
+	if (a.session_bound)
+		InstallSessionHook();
+	if (live)
+		cache::RememberAtCommit(beat);
+	else
+		cache::Forget(MyDatabaseId, beat.worker_id, beat.worker_id_len);
+	EnsureReaper(now);
+}
+
+bool Stop(text *worker_id)
+{
+	CheckIdentifierArg(worker_id, "worker_id");
+	catalog::Extension ext = catalog::RequireExtension();
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "worker_heartbeat: SPI_connect failed");
+	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum values[2] = {PointerGetDatum(worker_id), TimestampTzGetDatum(now)};
+	char *sql = psprintf("UPDATE %s SET status = 'stopped', current_run_id = NULL, current_task = NULL, "
+	                     "lease_expires_at = NULL, session_pid = NULL, session_started_at = NULL, "
+	                     "last_heartbeat_at = $2, died_at = NULL, death_cause = NULL "
+	                     "WHERE worker_id OPERATOR(pg_catalog.=) $1 RETURNING worker_type",
+	                     catalog::Qualified(ext, "worker_heartbeats"));
+	spi::Run(spi::Plan(sql, 2, types), values, nullptr, false);
+	bool found = SPI_processed > 0;
+	if (found) {
+		char *worker_type = spi::ColumnText(0, 1);
+		char *id = text_to_cstring(worker_id);
+		events::Batch *batch = events::Batch::Create();
+		events::Event e{};
+		e.event = "stopped";
+		e.worker_id = id;
+		e.worker_type = worker_type;
+		e.released_count = -1;
+		e.silent_for_us = -1;
+		e.latency_us = -1;
+		batch->Add(e);
+		leases::Holder holder{id, -1, -1};
+		leases::ReleaseOptions options{&holder, 1, false, true, "worker_stopped"};
+		leases::ReleaseResult released = leases::ReleaseLeases(ext, options, batch);
+		batch->Flush(ext, now);
+		if (released.released > 0)
+			registry::RecordPass(MyDatabaseId, registry::PassRecord{now, 0, 0, static_cast<uint64>(released.released)});
+		cache::Forget(MyDatabaseId, VARDATA_ANY(worker_id), VARSIZE_ANY_EXHDR(worker_id));
+	}
+	SPI_finish();
+	return found;
+}
+
+int CleanupStale(const catalog::Extension &ext, int64 threshold_us)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	TimestampTz cutoff = now - threshold_us;
+	static const Oid types[1] = {TIMESTAMPTZOID};
+	Datum values[1] = {TimestampTzGetDatum(cutoff)};
+	const char *table = catalog::Qualified(ext, "worker_heartbeats");
+	char *candidates_sql =
+	    psprintf("SELECT worker_id FROM %s WHERE status OPERATOR(pg_catalog.=) ANY (ARRAY['stopped','dead']) "
+	             "AND COALESCE(died_at, last_heartbeat_at) OPERATOR(pg_catalog.<) $1",
+	             table);
+	spi::Run(spi::Plan(candidates_sql, 1, types), values, nullptr, true);
+	int n = static_cast<int>(SPI_processed);
+	if (n == 0)
+		return 0;
+	auto *ids = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+	for (int i = 0; i < n; ++i)
+		ids[i] = CStringGetTextDatum(spi::ColumnText(i, 1));
+	bool *holds = leases::HoldsAnyLease(ext, ids, n);
+	int keep = 0;
+	for (int i = 0; i < n; ++i)
+		if (!holds[i])
+			ids[keep++] = ids[i];
+	if (keep == 0)
+		return 0;
+	static const Oid delete_types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
+	Datum delete_values[2] = {PointerGetDatum(construct_array(ids, keep, TEXTOID, -1, false, TYPALIGN_INT)),
+	                          TimestampTzGetDatum(cutoff)};
+	char *delete_sql = psprintf("DELETE FROM %s WHERE worker_id OPERATOR(pg_catalog.=) ANY ($1) "
+	                            "AND status OPERATOR(pg_catalog.=) ANY (ARRAY['stopped','dead']) "
+	                            "AND COALESCE(died_at, last_heartbeat_at) OPERATOR(pg_catalog.<) $2 "
+	                            "RETURNING worker_id, worker_type",
+	                            table);
+	spi::Run(spi::Plan(delete_sql, 2, delete_types), delete_values, nullptr, false);
+	int removed = static_cast<int>(SPI_processed);
+	events::Batch *batch = events::Batch::Create();
+	for (int i = 0; i < removed; ++i) {
+		events::Event e{};
+		e.event = "removed";
+		e.worker_id = spi::ColumnText(i, 1);
+		e.worker_type = spi::ColumnText(i, 2);
+		e.released_count = -1;
+		e.silent_for_us = -1;
+		e.latency_us = -1;
+		batch->Add(e);
+		cache::Forget(MyDatabaseId, e.worker_id, static_cast<int>(strlen(e.worker_id)));
+	}
+	batch->Flush(ext, now);
+	return removed;
+}
+
+} // namespace wh::heartbeats

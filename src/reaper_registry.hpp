@@ -1,0 +1,105 @@
+// The reaper registry: one slot per database, in shared memory, shared by
+// the reapers, the launcher and every backend.
+//
+// It exists whether or not the library is preloaded: when it is not, the
+// first backend that needs it carves it out of the server's spare shared
+// memory (ShmemInitStruct after startup), so hosted PostgreSQL without
+// shared_preload_libraries still gets "never two reapers", a reaper status,
+// and sessions that wake their reaper when they end.
+//
+// Every field of a slot is read and written under the registry's spinlock,
+// in the short functions below; nothing in them can ereport.
+#pragma once
+
+#include "core/death_schedule.hpp"
+#include "pg.hpp"
+
+extern "C" {
+#include "storage/latch.h"
+}
+
+namespace wh::registry {
+
+inline constexpr int kSlots = 32;
+inline constexpr int kEndedSessions = 16;
+
+struct EndedSession {
+	int32 pid;
+	TimestampTz backend_start;
+	TimestampTz ended_at;
+};
+
+// A copy of one slot, for reaper_status() and the launcher.
+struct SlotView {
+	Oid dboid;
+	int32 pid;
+	bool stop_requested;
+	char state[32];
+	TimestampTz started_at;
+	TimestampTz last_pass_at;
+	double last_pass_ms;
+	uint64 passes;
+	uint64 workers_declared_dead;
+	uint64 leases_released;
+	char last_error[192];
+};
+
+struct PassRecord {
+	TimestampTz at;
+	double duration_ms;
+	uint64 workers_declared_dead;
+	uint64 leases_released;
+};
+
+Size ShmemSize();
+// Creates the registry on first use (at startup when preloaded). Errors with
+// a hint to preload the library if the server has no spare shared memory.
+void Attach();
+
+// --- reapers -------------------------------------------------------------
+enum class ClaimResult { Claimed, AlreadyRunning, NoFreeSlot };
+ClaimResult ClaimForReaper(Oid dboid, int32 pid, Latch *latch);
+// forget: the database or the extension is gone, drop the slot entirely.
+void ReleaseReaper(Oid dboid, int32 pid, bool forget);
+bool StopRequested(Oid dboid);
+void SetState(Oid dboid, const char *state);
+void SetLastError(Oid dboid, const char *message);
+void RecordPass(Oid dboid, const PassRecord &pass);
+
+// --- starting and stopping ------------------------------------------------
+bool ReaperRunning(Oid dboid);
+// True (and notes the attempt) when this database has no running reaper, the
+// operator did not stop it, and no start was attempted in the last few seconds.
+// create_slot: also for a database the registry does not know yet.
+bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot = true);
+// Drops the slot of a database without the extension (no reaper running).
+void ForgetIdleSlot(Oid dboid);
+// Drops the slots of databases that no longer exist (launcher).
+void ForgetDatabasesExcept(const Oid *existing, int count);
+void ForgetStartAttempt(Oid dboid);
+// Returns whether a reaper was running; it will exit at its next wake-up.
+bool RequestStop(Oid dboid);
+void ClearStop(Oid dboid);
+void Wake(Oid dboid);
+
+// --- the schedule of the next overdue check (see core/death_schedule.hpp) --
+bool DeathCheckDue(Oid dboid, TimestampTz now);
+void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_after_us);
+void WorkerBecameLive(Oid dboid, TimestampTz now);
+void InvalidateDeathSchedule(Oid dboid);
+
+// --- heartbeats waiting in shared memory -----------------------------------
+void NoteHeartbeatsPending(Oid dboid);
+bool TakeHeartbeatsPending(Oid dboid);
+
+// --- sessions that ended ----------------------------------------------------
+void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, TimestampTz ended_at);
+// Copies out (and clears) the sessions that ended; *check_all is set when
+// some were lost (ring full) or a full check was asked for.
+int TakeEndedSessions(Oid dboid, EndedSession *out, int max, bool *check_all);
+void RequestSessionCheck(Oid dboid);
+
+// --- views -------------------------------------------------------------------
+int Snapshot(SlotView *out, int max);
+
+} // namespace wh::registry

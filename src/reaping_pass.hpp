@@ -1,0 +1,33 @@
+// One reaping pass: the work behind release_dead_worker_leases() and behind
+// every tick of the reaper.
+//
+//   1. flush heartbeats waiting in shared memory to worker_heartbeats;
+//   2. sessions that ended -> their bound workers are dead (session_ended);
+//   3. if the death schedule says someone may be overdue: overdue workers are
+//      dead (heartbeat_timeout), and the schedule is set to the next deadline;
+//   4. release the leases of the workers declared dead, and every lease past its
+//      deadline, in every registered table (leases.cpp);
+//   5. write the events, queue the NOTIFYs, count it all in the registry.
+//
+// Runs in the caller's transaction, connected to SPI.
+#pragma once
+
+#include "catalog.hpp"
+
+namespace wh::reaping {
+
+struct PassOptions {
+	bool from_reaper;   // log a summary line instead of WARNINGs to a client
+	bool full;          // check every worker and sweep every dead worker's leases
+};
+
+struct PassResult {
+	int declared_dead;
+	int released;
+	int tables_failed;
+	double duration_ms;
+};
+
+PassResult RunPass(const catalog::Extension &ext, const PassOptions &options);
+
+} // namespace wh::reaping

@@ -1,0 +1,236 @@
+// The SQL surface: every function the install scripts declare LANGUAGE C.
+// Each one checks its arguments, then does its work through WH_GUARDED
+// (boundary.hpp).
+#include "boundary.hpp"
+#include "catalog.hpp"
+#include "heartbeats.hpp"
+#include "leases.hpp"
+#include "reaper.hpp"
+#include "reaper_registry.hpp"
+#include "reaping_pass.hpp"
+
+extern "C" {
+#include "access/xlog.h"
+#include "commands/dbcommands.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/uuid.h"
+
+PG_FUNCTION_INFO_V1(wh_upsert_worker_heartbeat);
+PG_FUNCTION_INFO_V1(wh_stop_worker);
+PG_FUNCTION_INFO_V1(wh_cleanup_stale_workers);
+PG_FUNCTION_INFO_V1(wh_register_lease_table);
+PG_FUNCTION_INFO_V1(wh_unregister_lease_table);
+PG_FUNCTION_INFO_V1(wh_release_dead_worker_leases);
+PG_FUNCTION_INFO_V1(wh_reaper_status);
+PG_FUNCTION_INFO_V1(wh_start_reaper);
+PG_FUNCTION_INFO_V1(wh_stop_reaper);
+PG_FUNCTION_INFO_V1(wh_schedule_changed);
+}
+
+namespace {
+
+text *TextArg(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? nullptr : PG_GETARG_TEXT_PP(n);
+}
+
+const char *NameArg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be null", what)));
+	const char *name = NameStr(*PG_GETARG_NAME(n));
+	if (name[0] == '\0')
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s must not be empty", what)));
+	return name;
+}
+
+Oid TableArg(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("p_table must not be null")));
+	return PG_GETARG_OID(0);
+}
+
+void ConnectSpi()
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "worker_heartbeat: SPI_connect failed");
+}
+
+} // namespace
+
+extern "C" {
+
+Datum wh_upsert_worker_heartbeat(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		wh::heartbeats::HeartbeatArgs args{};
+		args.worker_id = TextArg(fcinfo, 0);
+		args.worker_type = TextArg(fcinfo, 1);
+		args.status = TextArg(fcinfo, 2);
+		args.run_id = PG_ARGISNULL(3) ? nullptr : PG_GETARG_UUID_P(3);
+		args.task = TextArg(fcinfo, 4);
+		args.has_lease_expires = !PG_ARGISNULL(5);
+		args.lease_expires = args.has_lease_expires ? PG_GETARG_TIMESTAMPTZ(5) : 0;
+		args.metadata = PG_ARGISNULL(6) ? nullptr : PG_GETARG_JSONB_P(6);
+		args.session_bound = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
+		args.function_oid = fcinfo->flinfo->fn_oid;
+		wh::heartbeats::Validate(args);
+		wh::heartbeats::Beat(args);
+		PG_RETURN_VOID();
+	});
+}
+
+Datum wh_stop_worker(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({ PG_RETURN_BOOL(wh::heartbeats::Stop(TextArg(fcinfo, 0))); });
+}
+
+Datum wh_cleanup_stale_workers(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		if (PG_ARGISNULL(0))
+			ereport(ERROR,
+			        (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("p_threshold_minutes must not be null")));
+		int32 minutes = PG_GETARG_INT32(0);
+		if (minutes <= 0)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("p_threshold_minutes must be positive, not %d", minutes)));
+		wh::catalog::Extension ext = wh::catalog::RequireExtension();
+		ConnectSpi();
+		int removed = wh::heartbeats::CleanupStale(ext, static_cast<int64>(minutes) * USECS_PER_MINUTE);
+		SPI_finish();
+		PG_RETURN_INT32(removed);
+	});
+}
+
+Datum wh_register_lease_table(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		wh::leases::Registration r{};
+		r.p_table = TableArg(fcinfo);
+		r.worker_column = NameArg(fcinfo, 1, "p_worker_column");
+		r.expires_column = NameArg(fcinfo, 2, "p_expires_column");
+		r.on_release = PG_ARGISNULL(3) ? DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")))
+		                               : PG_GETARG_JSONB_P(3);
+		wh::catalog::Extension ext = wh::catalog::RequireExtension();
+		ConnectSpi();
+		wh::leases::Register(ext, r);
+		SPI_finish();
+		PG_RETURN_VOID();
+	});
+}
+
+Datum wh_unregister_lease_table(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		Oid relid = TableArg(fcinfo);
+		wh::catalog::Extension ext = wh::catalog::RequireExtension();
+		Oid owner = wh::catalog::RelationOwner(relid);
+		// A dropped table can be unregistered by anyone allowed to call us.
+		if (owner != InvalidOid && !wh::catalog::IsOwner(relid, GetOuterUserId()))
+			ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			                errmsg("must be owner of table %s", get_rel_name(relid))));
+		ConnectSpi();
+		bool removed = wh::leases::Unregister(ext, relid);
+		SPI_finish();
+		if (!removed)
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+			                errmsg("table %s is not registered", owner ? get_rel_name(relid) : "(dropped)"),
+			                errhint("SELECT table_name FROM lease_tables lists the registered tables.")));
+		PG_RETURN_BOOL(true);
+	});
+}
+
+Datum wh_release_dead_worker_leases(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		wh::catalog::Extension ext = wh::catalog::RequireExtension();
+		ConnectSpi();
+		wh::reaping::PassResult result = wh::reaping::RunPass(ext, wh::reaping::PassOptions{false, false});
+		SPI_finish();
+		PG_RETURN_INT32(result.released);
+	});
+}
+
+Datum wh_reaper_status(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		InitMaterializedSRF(fcinfo, 0);
+		auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+		wh::registry::SlotView *views = static_cast<wh::registry::SlotView *>(
+		    palloc(sizeof(wh::registry::SlotView) * wh::registry::kSlots));
+		int n = wh::registry::Snapshot(views, wh::registry::kSlots);
+		for (int i = 0; i < n; ++i) {
+			const wh::registry::SlotView &v = views[i];
+			Datum values[10];
+			bool nulls[10] = {false};
+			char *dbname = get_database_name(v.dboid);
+			nulls[0] = dbname == nullptr;
+			values[0] = dbname ? DirectFunctionCall1(namein, CStringGetDatum(dbname)) : (Datum)0;
+			nulls[1] = v.pid == 0;
+			values[1] = Int32GetDatum(v.pid);
+			values[2] = CStringGetTextDatum(v.stop_requested && v.pid == 0 ? "stopped" : v.state);
+			nulls[3] = v.started_at == 0;
+			values[3] = TimestampTzGetDatum(v.started_at);
+			nulls[4] = v.last_pass_at == 0;
+			values[4] = TimestampTzGetDatum(v.last_pass_at);
+			nulls[5] = v.last_pass_at == 0;
+			values[5] = Float8GetDatum(v.last_pass_ms);
+			values[6] = Int64GetDatum(static_cast<int64>(v.passes));
+			values[7] = Int64GetDatum(static_cast<int64>(v.workers_declared_dead));
+			values[8] = Int64GetDatum(static_cast<int64>(v.leases_released));
+			nulls[9] = v.last_error[0] == '\0';
+			values[9] = CStringGetTextDatum(v.last_error);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		return (Datum)0;
+	});
+}
+
+Datum wh_start_reaper(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		if (RecoveryInProgress())
+			ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+			                errmsg("the reaper does not run on a standby"),
+			                errdetail("It starts by itself after promotion.")));
+		(void)wh::catalog::RequireExtension();
+		wh::registry::ClearStop(MyDatabaseId);
+		if (wh::registry::ReaperRunning(MyDatabaseId))
+			PG_RETURN_BOOL(false);
+		if (!wh::reaper::StartForDatabase(MyDatabaseId, !IsBinaryUpgrade && GetTopTransactionIdIfAny() == InvalidTransactionId))
+			ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_RESOURCES), errmsg("could not start the reaper"),
+			                errhint("Raise max_worker_processes: every database with worker_heartbeat needs one "
+			                        "background worker.")));
+		PG_RETURN_BOOL(true);
+	});
+}
+
+Datum wh_stop_reaper(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		(void)wh::catalog::RequireExtension();
+		bool was_running = wh::registry::RequestStop(MyDatabaseId);
+		// Wait (briefly) until it has gone, so that the caller sees it stopped.
+		for (int i = 0; was_running && i < 100 && wh::registry::ReaperRunning(MyDatabaseId); ++i) {
+			(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 50, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		PG_RETURN_BOOL(was_running);
+	});
+}
+
+// Called by set_worker_type_dead_after(): deadlines may now come sooner.
+Datum wh_schedule_changed(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		wh::registry::InvalidateDeathSchedule(MyDatabaseId);
+		wh::registry::Wake(MyDatabaseId);
+		PG_RETURN_VOID();
+	});
+}
+
+} // extern "C"
