@@ -1,8 +1,12 @@
 // Unit tests of the pure parts of the C++ client: worker ids, environment
 // parsing, reconnect backoff, SQLSTATE mapping, quoting.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <map>
+#include <thread>
 
 #include "worker_heartbeat/client.hpp"
 
@@ -147,4 +151,85 @@ TEST(Heartbeat, RejectsBadOptionsBeforeStartingAThread) {
 TEST(Connection, UnreachableServerIsAConnectionError) {
   // Port 1 on loopback: refused at once, no server needed.
   EXPECT_THROW(Connection("host=127.0.0.1 port=1 connect_timeout=2"), ConnectionError);
+}
+
+// The behaviours below need no server: an unreachable one (port 1 on loopback
+// refuses at once) is the point.
+namespace {
+HeartbeatOptions unreachable(OnSignal on_signal) {
+  HeartbeatOptions o;
+  o.worker_type = "unit_test";
+  o.worker_id = "unit-test-1";
+  o.conninfo = "host=127.0.0.1 port=1 connect_timeout=2";
+  o.interval = 50ms;
+  o.backoff = Backoff{10ms, 40ms, 0.0};
+  o.on_signal = on_signal;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
+template <class Pred>
+bool eventually(Pred p, std::chrono::milliseconds limit = 5000ms) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (p()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return p();
+}
+}  // namespace
+
+TEST(Heartbeat, FailuresNeverReachTheWorker) {
+  auto t0 = std::chrono::steady_clock::now();
+  {
+    Heartbeat hb(unreachable(OnSignal::Ignore));
+    EXPECT_EQ(hb.worker_id(), "unit-test-1");
+    EXPECT_EQ(hb.interval(), 50ms);
+    EXPECT_TRUE(eventually([&] { return hb.failures() >= 3; }));  // retried with backoff
+    EXPECT_FALSE(hb.connected());
+    EXPECT_EQ(hb.beats(), 0u);
+    hb.update_task("123e4567-e89b-12d3-a456-426614174000", "still working");
+    hb.mark_idle();
+    EXPECT_THROW(hb.update_task("not-a-uuid", "x"), std::invalid_argument);
+    EXPECT_FALSE(hb.stop_requested());
+  }  // destructor: stop() returns although stop_worker cannot be sent
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+}
+
+TEST(Heartbeat, SigtermInFlagModeOnlySetsTheFlag) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Heartbeat hb(unreachable(OnSignal::Flag));
+    ::kill(::getpid(), SIGTERM);
+    bool flagged = eventually([&] { return hb.stop_requested(); });
+    _exit(flagged ? 0 : 3);  // still alive: the worker decides when to return
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+TEST(Heartbeat, SigtermInExitModeEndsTheProcessWithTheSignal) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Heartbeat hb(unreachable(OnSignal::Exit));
+    ::kill(::getpid(), SIGTERM);
+    std::this_thread::sleep_for(10s);  // the heartbeat thread must end us first
+    _exit(4);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGTERM);
+}
+
+TEST(Heartbeat, HandlersAreRestoredWhenTheLastHeartbeatGoes) {
+  struct sigaction before, after;
+  sigaction(SIGTERM, nullptr, &before);
+  { Heartbeat hb(unreachable(OnSignal::Flag)); }
+  sigaction(SIGTERM, nullptr, &after);
+  EXPECT_EQ(before.sa_handler, after.sa_handler);
 }
