@@ -228,38 +228,53 @@ async function main() {
     workerId, workerType: args.type, connectionString, schema: args.schema, sessionBound: args.sessionBound,
   });
   heartbeat.start();
-  const db = new Client({ connectionString: connectionString || undefined, application_name: `worker ${workerId}`.slice(0, 63) });
+  let db = null;
+  let queue = null;
   let done = 0;
   try {
-    await db.connect();
-    const queue = await new Queue(db, { ...args, workerId }).init();
-    log(`mode=${queue.fenced ? 'fenced' : 'plain'}`);
     while (!heartbeat.stopRequested) {
-      const task = await queue.claim();
-      if (!task) {
-        heartbeat.markIdle();
-        if (args.exitWhenEmpty) break;
-        await sleep(args.idleMs);
-        continue;
-      }
-      heartbeat.updateTask(task.run_id, `Researching: ${task.payload}`, 'processing');
-      log(`claimed task ${task.id}${task.token ? ` token ${task.token}` : ''}`);
       try {
-        await sleep(args.workMs); // the real work
-        await queue.complete(task);
-        done += 1;
-        log(`completed task ${task.id}`);
+        if (!db) {
+          db = new Client({ connectionString: connectionString || undefined, application_name: `worker ${workerId}`.slice(0, 63) });
+          db.on('error', () => {}); // a dropped connection surfaces on the next query
+          await db.connect();
+          queue = await new Queue(db, { ...args, workerId }).init();
+          log(`mode=${queue.fenced ? 'fenced' : 'plain'}`);
+        }
+        const task = await queue.claim();
+        if (!task) {
+          heartbeat.markIdle();
+          if (args.exitWhenEmpty) break;
+          await sleep(args.idleMs);
+          continue;
+        }
+        heartbeat.updateTask(task.run_id, `Researching: ${task.payload}`, 'processing');
+        log(`claimed task ${task.id}${task.token ? ` token ${task.token}` : ''}`);
+        try {
+          await sleep(args.workMs); // the real work
+          await queue.complete(task);
+          done += 1;
+          log(`completed task ${task.id}`);
+        } catch (e) {
+          if (!(e instanceof StaleLease)) throw e;
+          log(`lost the lease of task ${task.id}: ${e.message}`);
+        } finally {
+          heartbeat.markIdle();
+        }
       } catch (e) {
-        if (!(e instanceof StaleLease)) throw e;
-        log(`lost the lease of task ${task.id}: ${e.message}`);
-      } finally {
-        heartbeat.markIdle();
+        // SQL errors (e.code set, not a connection class) are bugs: give up.
+        if (e.code && !/^(08|57P0)/.test(e.code)) throw e;
+        // The task's lease comes back by itself: reconnect and go on.
+        log(`database connection lost (${e.message}); reconnecting`);
+        if (db) db.end().catch(() => {});
+        db = null;
+        await sleep(args.idleMs);
       }
     }
     log(`exiting after ${done} task(s)`);
   } finally {
     await heartbeat.stop();
-    await db.end().catch(() => {});
+    if (db) await db.end().catch(() => {});
   }
 }
 

@@ -242,21 +242,34 @@ def main():
     heartbeat = WorkerHeartbeat(worker_id=worker_id, worker_type=args.type, conninfo=args.db,
                                 schema=args.schema, session_bound=args.session_bound)
     heartbeat.start()
+    conn = queue = None
+    done = 0
     try:
-        with psycopg.connect(args.db, autocommit=True, application_name="worker " + worker_id[:40]) as conn:
-            queue = Queue(conn, args.table, args.schema, worker_id, args.lease_seconds, args.mode)
-            log.info("mode=%s", "fenced" if queue.fenced else "plain")
-            done = 0
-            while not heartbeat.stop_requested.is_set():
+        while not heartbeat.stop_requested.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(args.db, autocommit=True,
+                                           application_name="worker " + worker_id[:40])
+                    queue = Queue(conn, args.table, args.schema, worker_id, args.lease_seconds, args.mode)
+                    log.info("mode=%s", "fenced" if queue.fenced else "plain")
                 if process_claim(queue, heartbeat, args.work_seconds):
                     done += 1
                     continue
                 heartbeat.mark_idle()
                 if args.exit_when_empty:
                     break
-                heartbeat.stop_requested.wait(args.idle_seconds)
-            log.info("exiting after %d task(s)", done)
+            except psycopg.OperationalError as e:
+                # The task's lease comes back by itself (expiry, or our session's
+                # death when bound): reconnect and go on.
+                log.warning("database connection lost (%s); reconnecting", str(e).strip().replace("\n", " "))
+                if conn is not None:
+                    conn.close()
+                conn = None
+            heartbeat.stop_requested.wait(args.idle_seconds)
+        log.info("exiting after %d task(s)", done)
     finally:
+        if conn is not None:
+            conn.close()
         heartbeat.stop()
 
 
