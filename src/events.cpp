@@ -152,7 +152,7 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	                     "released_count, silent_for, detection_latency) "
 	                     "SELECT $1, u.event, u.worker_id, u.worker_type, u.table_name, u.details::pg_catalog.jsonb, "
 	                     "u.released_count, u.silent_for, u.detection_latency "
-	                     "FROM pg_catalog.unnest($2, $3, $4, $5, $6, $7, $8, $9) "
+	                     "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) "
 	                     "AS u(event, worker_id, worker_type, table_name, details, released_count, silent_for, "
 	                     "detection_latency)",
 	                     catalog::Qualified(ext, "worker_events"));

@@ -69,7 +69,7 @@ void FlushHeartbeats(const catalog::Extension &ext)
 	    PointerGetDatum(construct_array(pending.worker_ids, pending.count, TEXTOID, -1, false, TYPALIGN_INT)),
 	    PointerGetDatum(construct_array(pending.beats, pending.count, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE))};
 	char *sql = psprintf("UPDATE %s w SET last_heartbeat_at = v.beat "
-	                     "FROM pg_catalog.unnest($1, $2) AS v(worker_id, beat) "
+	                     "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(worker_id, beat) "
 	                     "WHERE w.worker_id OPERATOR(pg_catalog.=) v.worker_id "
 	                     "AND w.last_heartbeat_at OPERATOR(pg_catalog.<) v.beat "
 	                     "AND w.status OPERATOR(pg_catalog.=) ANY (%s)",
@@ -101,7 +101,7 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	// A session we were told has ended counts as gone even if
 	// pg_stat_activity still lists it for a moment.
 	char *sql = psprintf(
-	    "WITH ended AS (SELECT * FROM pg_catalog.unnest($1, $2) AS e(pid, backend_start)), "
+	    "WITH ended AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS e(pid, backend_start)), "
 	    "gone AS (SELECT w.worker_id, w.session_pid FROM %s w "
 	    "  WHERE w.session_pid IS NOT NULL AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
 	    "  AND (EXISTS (SELECT 1 FROM ended e WHERE e.pid OPERATOR(pg_catalog.=) w.session_pid "
@@ -191,7 +191,7 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	    "session_pid = NULL, session_started_at = NULL "
 	    "FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
 	    "AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
-	    "AND w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after OPERATOR(pg_catalog.<=) $2 "
+	    "AND (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after) OPERATOR(pg_catalog.<=) $2 "
 	    "RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
 	    "$2 OPERATOR(pg_catalog.-) (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after)",
 	    table, types_table, table, kLive);

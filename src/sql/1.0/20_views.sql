@@ -10,7 +10,7 @@ SELECT w.worker_id, w.worker_type, w.last_heartbeat_at, w.status, w.current_run_
        d.dead_after,
        (w.status OPERATOR(pg_catalog.=) 'dead'
         OR (w.status OPERATOR(pg_catalog.<>) 'stopped'
-            AND w.last_heartbeat_at OPERATOR(pg_catalog.<=) pg_catalog.now() OPERATOR(pg_catalog.-) d.dead_after)) AS is_dead
+            AND w.last_heartbeat_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) d.dead_after))) AS is_dead
   FROM @extschema@.worker_heartbeats w
   LEFT JOIN @extschema@.worker_types t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type
   CROSS JOIN LATERAL (SELECT COALESCE(t.dead_after,
