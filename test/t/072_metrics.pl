@@ -86,7 +86,8 @@ SELECT pm_pipeline.upsert_worker_heartbeat('i2', 'ingest', 'processing', p_curre
 SELECT pm_pipeline.upsert_worker_heartbeat('i3', 'ingest', 'idle');
 SELECT pm_pipeline.upsert_worker_heartbeat('i4', 'ingest', 'active');
 SELECT pm_pipeline.stop_worker('i4');
-SELECT pm_pipeline.upsert_worker_heartbeat('q1', E'we"ird\\type', 'active');
+SELECT pm_pipeline.upsert_worker_heartbeat('i5', 'ingest', 'active');
+SELECT pm_pipeline.upsert_worker_heartbeat('q1', 'we"ird\type', 'active');
 SELECT pm_pipeline.set_worker_type_dead_after('ingest', '42 seconds');
 });
 
@@ -110,7 +111,7 @@ promtool_ok($m . "\n", 'fleet');
 my %expect = (
 	'worker_heartbeat_workers{worker_type="ingest",state="processing"}'   => 2,
 	'worker_heartbeat_workers{worker_type="ingest",state="idle"}'         => 1,
-	'worker_heartbeat_workers{worker_type="ingest",state="active"}'       => 0,
+	'worker_heartbeat_workers{worker_type="ingest",state="active"}'       => 1,
 	'worker_heartbeat_workers{worker_type="ingest",state="stopped"}'      => 1,
 	'worker_heartbeat_workers{worker_type="ingest",state="dead"}'         => 0,
 	'worker_heartbeat_workers{worker_type="scorer",state="dead"}'         => 1,
@@ -125,6 +126,11 @@ for my $k (sort keys %expect)
 {
 	is(sample($m, $k), $expect{$k}, "$k = $expect{$k}") or diag($m);
 }
+my $ingest_sum = 0;
+$ingest_sum += $_ for $m =~ /^worker_heartbeat_workers\{worker_type="ingest",state="\w+"\} (\d+)$/mg;
+is($ingest_sum, $node->safe_psql('postgres',
+		q{SELECT total_workers FROM pm_pipeline.get_worker_stats() WHERE worker_type = 'ingest'}),
+	'the five states partition the workers of a type');
 my $age = sample($m, 'worker_heartbeat_oldest_heartbeat_age_seconds{worker_type="ingest"}');
 ok(defined $age && $age >= 0 && $age < 60, "oldest live ingest heartbeat is recent ($age s)");
 ok(!defined sample($m, 'worker_heartbeat_oldest_heartbeat_age_seconds{worker_type="scorer"}'),

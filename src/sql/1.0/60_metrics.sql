@@ -19,8 +19,12 @@ stats AS (
     SELECT s.worker_type,
            pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
                s.worker_type, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') AS lt,
-           s.active_workers, s.idle_workers, s.processing_workers,
-           s.dead_workers, s.stopped_workers
+           -- get_worker_stats().active_workers counts every live worker; the
+           -- state "active" here is only those whose status is 'active', so
+           -- that the five states partition the workers of a type.
+           s.active_workers OPERATOR(pg_catalog.-) s.idle_workers
+               OPERATOR(pg_catalog.-) s.processing_workers AS active_workers,
+           s.idle_workers, s.processing_workers, s.dead_workers, s.stopped_workers
       FROM @extschema@.get_worker_stats() AS s
 ),
 -- Oldest heartbeat among workers that are neither stopped nor dead: the one
