@@ -1,0 +1,42 @@
+-- Grants for the two kinds of roles that use worker_heartbeat.
+-- Nothing of the extension is granted to PUBLIC; run this as the extension's
+-- owner (or a superuser) with psql, naming the schema and the roles:
+--
+--   psql -v schema=pm_pipeline -v worker_role=app_worker -v monitor_role=app_monitor -f docs/grants.sql
+--
+-- On Supabase: -v worker_role=service_role -v monitor_role=service_role
+-- (anon and authenticated get nothing).
+
+-- Workers: heartbeat, stop, and (1.1) claim / extend / complete / fail leases.
+-- The fenced-lease functions run with the worker's own privileges, so the
+-- worker also needs SELECT and UPDATE on its queue tables (granted by you).
+GRANT USAGE ON SCHEMA :"schema" TO :"worker_role";
+GRANT EXECUTE ON FUNCTION
+    :"schema".upsert_worker_heartbeat(text, text, text, uuid, text, timestamptz, jsonb, boolean),
+    :"schema".stop_worker(text)
+    TO :"worker_role";
+SELECT pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', p.oid::regprocedure, :'worker_role')
+  FROM pg_catalog.pg_proc p
+ WHERE p.pronamespace OPERATOR(pg_catalog.=) (:'schema')::regnamespace
+   AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease'])
+\gexec
+SELECT pg_catalog.format('GRANT SELECT ON %s.lease_tables TO %I', pg_catalog.quote_ident(:'schema'), :'worker_role'),
+       pg_catalog.format('GRANT USAGE ON SEQUENCE %s.lease_token_seq TO %I', pg_catalog.quote_ident(:'schema'), :'worker_role')
+ WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(:'schema') || '.lease_token_seq') IS NOT NULL
+\gexec
+
+-- Monitoring (read-only): views, tables, summaries, metrics.
+GRANT USAGE ON SCHEMA :"schema" TO :"monitor_role";
+GRANT SELECT ON
+    :"schema".worker_heartbeats, :"schema".worker_types, :"schema".lease_tables, :"schema".worker_events,
+    :"schema".worker_liveness, :"schema".v_active_workers, :"schema".v_dead_workers
+    TO :"monitor_role";
+GRANT EXECUTE ON FUNCTION
+    :"schema".get_active_workers(), :"schema".get_dead_workers(), :"schema".get_worker_stats(),
+    :"schema".get_worker_health_summary(), :"schema".reaper_status(), :"schema".metrics()
+    TO :"monitor_role";
+
+-- Operators (registering tables, manual passes, the reaper switch) are the
+-- extension's owner by default; grant these to an operator role if needed:
+--   register_lease_table, unregister_lease_table, release_dead_worker_leases,
+--   cleanup_stale_workers, set_worker_type_dead_after, start_reaper, stop_reaper
