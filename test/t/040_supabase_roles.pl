@@ -49,6 +49,7 @@ $node->safe_psql('postgres', qq{
 	CREATE ROLE authenticator LOGIN NOINHERIT;
 	GRANT anon, authenticated, service_role TO authenticator;
 	GRANT anon, authenticated, service_role TO "$owner";
+	GRANT ALL ON DATABASE postgres TO "$owner";
 	-- what Supabase grants in public (it does not touch other schemas)
 	GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
 	ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
