@@ -113,9 +113,10 @@ ClaimResult ClaimForReaper(Oid dboid, int32 pid, Latch *latch)
 		return ClaimResult::NoFreeSlot;
 	if (ReaperAlive(*slot) && slot->pid != pid)
 		return ClaimResult::AlreadyRunning;
+	// stop_requested stays: a stop_reaper() that came before we got here wins,
+	// and the main loop exits at once. start_reaper() clears it first.
 	slot->pid = pid;
 	slot->latch = latch;
-	slot->stop_requested = false;
 	slot->started_at = GetCurrentTimestamp();
 	slot->schedule.Invalidate();
 	slot->session_check_requested = true;
