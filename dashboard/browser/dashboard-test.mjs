@@ -89,8 +89,10 @@ try {
 
   const t0 = Date.now();
   process.kill(children[1].pid, "SIGKILL");
-  const seen = await page.waitForFunction(({ id, leases }) => {
+  const seen = await page.waitForFunction(({ id, leases, type }) => {
     const q = (s) => document.querySelector(s);
+    const typeDead = q(`#types tr[data-worker-type="${type}"] td[data-state="dead"]`);
+    if (!typeDead || typeDead.textContent !== "1") return false;
     const dead = q(`#dead-workers tr[data-worker-id="${id}"]`);
     const row = q(`#workers tr[data-worker-id="${id}"]`);
     const died = q(`#feed li[data-event="died"][data-worker-id="${id}"]`);
@@ -98,7 +100,7 @@ try {
     if (!dead || !row || row.dataset.state !== "dead" || !died || !rel) return false;
     if (Number(dead.dataset.leasesReleased) < leases) return false;
     return { leases_shown: Number(dead.dataset.leasesReleased), feed_text: rel.textContent, died_text: died.textContent };
-  }, { id: VICTIM.id, leases: VICTIM.leases }, { polling: 10, timeout: 10000 });
+  }, { id: VICTIM.id, leases: VICTIM.leases, type: VICTIM.type }, { polling: 10, timeout: 10000 });
   result.elapsed_ms = Date.now() - t0;
   Object.assign(result, await seen.jsonValue());
   step(`page showed the death and the release after ${result.elapsed_ms} ms`);
@@ -113,6 +115,13 @@ try {
   result.types_dead = await page.locator(`#types tr[data-worker-type="${VICTIM.type}"] td[data-state="dead"]`).innerText();
   await page.screenshot({ path: SHOT, fullPage: true });
   result.screenshot = SHOT;
+  // and once the page has reloaded its state from the database
+  await page.waitForFunction(() => {
+    const last = Math.max(...window.whd.events.map((e) => e.at));
+    return window.whd.settledAt > last;
+  }, null, { timeout: 5000 });
+  result.settled_types_dead = await page.locator(`#types tr[data-worker-type="${VICTIM.type}"] td[data-state="dead"]`).innerText();
+  await page.screenshot({ path: SHOT.replace(/\.png$/, "-settled.png"), fullPage: true });
   result.console_errors = consoleErrors;
   result.ok = true;
 } catch (e) {
