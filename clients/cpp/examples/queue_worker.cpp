@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -192,8 +193,10 @@ class Queue {
   std::optional<wh::LeaseTable> leases_;
 };
 
-// Sleeps `ms` in small steps, extending the lease every half lease.
-void work_on(Queue& q, const Task& t, const Args& a) {
+// "Works" for --work-ms in small steps, extending the lease every half lease.
+// A lost connection does not interrupt the work: `reconnect` is retried at the
+// next extension, and the caller completes the task afterwards.
+void work_on(Queue& q, const Task& t, const Args& a, const std::function<bool()>& reconnect) {
   auto start = steady_clock::now();
   auto end = start + milliseconds(a.work_ms);
   auto next_extend = start + milliseconds(a.lease_ms / 2);
@@ -201,8 +204,12 @@ void work_on(Queue& q, const Task& t, const Args& a) {
     std::this_thread::sleep_for(std::min<milliseconds>(
         milliseconds(50), duration_cast<milliseconds>(end - steady_clock::now())));
     if (steady_clock::now() >= next_extend) {
-      q.extend(t);
       next_extend += milliseconds(a.lease_ms / 2);
+      try {
+        q.extend(t);
+      } catch (const wh::ConnectionError&) {
+        reconnect();
+      }
     }
   }
 }
@@ -228,6 +235,15 @@ int main(int argc, char** argv) {
                 " mode=" + (q.fenced() ? "fenced" : "plain") +
                 " interval=" + std::to_string(hb.interval().count()) +
                 "ms session_bound=" + (a.session_bound ? "yes" : "no"));
+    auto reconnect = [&]() -> bool {
+      try {
+        conn = wh::Connection(a.db, "queue_worker " + me);
+        return true;
+      } catch (const wh::ConnectionError& e) {
+        say(me, std::string("reconnect failed: ") + e.what());
+        return false;
+      }
+    };
     long done = 0;
     while (!hb.stop_requested() && (a.max_tasks < 0 || done < a.max_tasks)) {
       std::vector<Task> tasks;
@@ -236,10 +252,7 @@ int main(int argc, char** argv) {
       } catch (const wh::ConnectionError& e) {
         say(me, std::string("claim failed, reconnecting: ") + e.what());
         std::this_thread::sleep_for(milliseconds(a.idle_ms));
-        try {
-          conn = wh::Connection(a.db, "queue_worker " + me);
-        } catch (const wh::ConnectionError&) {
-        }
+        reconnect();
         continue;
       }
       if (tasks.empty()) {
@@ -251,22 +264,26 @@ int main(int argc, char** argv) {
       for (auto& t : tasks) {
         hb.update_task(t.run_id, "task " + t.id + ": " + t.payload, "processing");
         say(me, "claimed task " + t.id + (q.fenced() ? " token " + std::to_string(t.token) : ""));
-        try {
-          work_on(q, t, a);
-          q.complete(t);
-          ++done;
-          say(me, "completed task " + t.id);
-        } catch (const wh::StaleLeaseError& e) {
-          // Someone else owns the row now (we were declared dead, or the lease
-          // expired): drop the result, never overwrite theirs.
-          say(me, "lost the lease of task " + t.id + ": " + e.what());
-        } catch (const wh::ConnectionError& e) {
-          // The lease comes back by itself (expiry or our death): reconnect.
-          say(me, "connection lost on task " + t.id + ": " + e.what());
+        work_on(q, t, a, reconnect);
+        // Complete it; after a lost connection, reconnect and try again: the
+        // result still counts if the lease is still ours, and the fence (or
+        // the claimed_by check) refuses it if it is not.
+        for (int attempt = 0;; ++attempt) {
           try {
-            conn = wh::Connection(a.db, "queue_worker " + me);
-          } catch (const wh::ConnectionError&) {
-            std::this_thread::sleep_for(milliseconds(a.idle_ms));
+            q.complete(t);
+            ++done;
+            say(me, "completed task " + t.id);
+          } catch (const wh::StaleLeaseError& e) {
+            // Someone else owns the row now (we were declared dead, or the
+            // lease expired): drop the result, never overwrite theirs.
+            say(me, "lost the lease of task " + t.id + ": " + e.what());
+          } catch (const wh::ConnectionError& e) {
+            say(me, "connection lost completing task " + t.id + ": " + e.what());
+            if (attempt < 20 && !hb.stop_requested()) {
+              std::this_thread::sleep_for(milliseconds(std::min(250L * (attempt + 1), 2000L)));
+              reconnect();
+              continue;
+            }
           }
           break;
         }
