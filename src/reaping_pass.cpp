@@ -78,13 +78,13 @@ void FlushHeartbeats(const catalog::Extension &ext)
 }
 
 // Workers bound to sessions that ended (or no longer exist) are dead.
-void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, bool full, Deaths *deaths)
+void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *deaths)
 {
 	registry::EndedSession ended[registry::kEndedSessions];
 	bool requested = false;
+	// Always looked at: the partial index on session_pid holds only live
+	// session-bound workers, at most one per open connection.
 	int n = registry::TakeEndedSessions(MyDatabaseId, ended, registry::kEndedSessions, &requested);
-	if (n == 0 && !requested && !full)
-		return;
 	int32 pids[registry::kEndedSessions];
 	Datum pid_datums[registry::kEndedSessions];
 	Datum start_datums[registry::kEndedSessions];
@@ -244,7 +244,7 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 
 	FlushHeartbeats(ext);
 	Deaths deaths{nullptr, 0, 0};
-	FindSessionDeaths(ext, now, options.full, &deaths);
+	FindSessionDeaths(ext, now, &deaths);
 	FindTimeoutDeaths(ext, now, options.full, &deaths);
 
 	leases::Holder *holders = nullptr;
