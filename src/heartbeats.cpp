@@ -237,9 +237,10 @@ void Beat(const HeartbeatArgs &a)
 	if (prev.bound_elsewhere)
 		ereport(ERROR,
 		        (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-		         errmsg("worker \"%s\" is bound to another database session (pid %d)", text_to_cstring(a.worker_id),
-		                prev.bound_pid),
-		         errdetail("It was registered with p_session_bound => true, and that session is still open."),
+		         errmsg("worker \"%s\" is bound to another database session", text_to_cstring(a.worker_id)),
+		         errdetail("It was registered with p_session_bound => true by the session with pid %d, which is "
+		                   "still open.",
+		                   prev.bound_pid),
 		         errhint("Behind a transaction-mode pooler (PgBouncer, Supavisor) every call may land on another "
 		                 "server session: heartbeat with p_session_bound => false there. Otherwise two processes "
 		                 "share this worker_id.")));
