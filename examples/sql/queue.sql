@@ -14,6 +14,10 @@ CREATE TABLE public.tasks (
     done_at          timestamptz
 );
 
+-- The reaper looks rows up by worker and by deadline.
+CREATE INDEX ON public.tasks (claimed_by);
+CREATE INDEX ON public.tasks (lease_expires_at);
+
 -- Released leases go back to 'pending'. With the 1.1 fenced-lease API the
 -- table also gets a token column, an attempts counter and a poison-pill limit.
 DO $$
