@@ -2,9 +2,11 @@
 
 #include <cstring>
 
-namespace wh {
+namespace wh
+{
 
-namespace {
+namespace
+{
 char cxx_error_text[512];
 }
 

@@ -27,7 +27,8 @@
 #include <exception>
 #include <new>
 
-namespace wh {
+namespace wh
+{
 
 // Copies what() into static storage: the exception object dies with the
 // catch block, and we must leave the catch block before ereport longjmps.
@@ -35,8 +36,7 @@ const char *RememberCxxError(const std::exception &e);
 
 [[noreturn]] void ReportCxxError(const char *function, const char *message, bool out_of_memory);
 
-template <typename Body>
-inline auto RunGuarded(const char *function, Body &&body) -> decltype(body())
+template <typename Body> inline auto RunGuarded(const char *function, Body &&body) -> decltype(body())
 {
 	const char *message = nullptr;
 	bool out_of_memory = false;

@@ -12,7 +12,8 @@ extern "C" {
 #include "utils/syscache.h"
 }
 
-namespace wh::catalog {
+namespace wh::catalog
+{
 
 bool FindExtension(Extension *out)
 {

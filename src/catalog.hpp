@@ -5,7 +5,8 @@
 
 #include "pg.hpp"
 
-namespace wh::catalog {
+namespace wh::catalog
+{
 
 struct Extension {
 	Oid oid;

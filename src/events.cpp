@@ -11,9 +11,11 @@ extern "C" {
 #include "utils/json.h"
 }
 
-namespace wh::events {
+namespace wh::events
+{
 
-namespace {
+namespace
+{
 
 Datum IntervalFromMicroseconds(int64 us)
 {
@@ -146,16 +148,18 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	    construct_md_array(silent, silent_nulls, 1, dims, lbs, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE));
 	args[8] = PointerGetDatum(construct_md_array(latency, latency_nulls, 1, dims, lbs, INTERVALOID, sizeof(Interval),
 	                                             false, TYPALIGN_DOUBLE));
-	static const Oid types[9] = {TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	static const Oid types[9] = {TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID,     TEXTARRAYOID,    TEXTARRAYOID,
 	                             TEXTARRAYOID,   INT4ARRAYOID, INTERVALARRAYOID, INTERVALARRAYOID};
-	char *sql = psprintf("INSERT INTO %s (occurred_at, event, worker_id, worker_type, table_name, details, "
-	                     "released_count, silent_for, detection_latency) "
-	                     "SELECT $1, u.event, u.worker_id, u.worker_type, u.table_name, u.details::pg_catalog.jsonb, "
-	                     "u.released_count, u.silent_for, u.detection_latency "
-	                     "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) "
-	                     "AS u(event, worker_id, worker_type, table_name, details, released_count, silent_for, "
-	                     "detection_latency)",
-	                     catalog::Qualified(ext, "worker_events"));
+	char *sql = psprintf(
+	    "INSERT INTO %s (occurred_at, event, worker_id, worker_type, table_name, details, "
+	    "released_count, silent_for, detection_latency) "
+	    "SELECT $1, u.event, u.worker_id, u.worker_type, u.table_name, u.details::pg_catalog.jsonb, "
+	    "u.released_count, u.silent_for, u.detection_latency "
+	    "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
+	    "pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) "
+	    "AS u(event, worker_id, worker_type, table_name, details, released_count, silent_for, "
+	    "detection_latency)",
+	    catalog::Qualified(ext, "worker_events"));
 	spi::Run(spi::Plan(sql, 9, types), args, nullptr, false);
 	for (int i = 0; i < n; ++i)
 		if (strcmp(items_[i].event, "removed") != 0)

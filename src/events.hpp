@@ -6,7 +6,8 @@
 #include "catalog.hpp"
 #include "pg.hpp"
 
-namespace wh::events {
+namespace wh::events
+{
 
 inline constexpr const char *kChannel = "worker_heartbeat";
 
@@ -22,7 +23,8 @@ struct Event {
 	const char *reason;      // details.reason, may be NULL
 };
 
-class Batch {
+class Batch
+{
   public:
 	// Palloc'd state; lives in the caller's memory context.
 	static Batch *Create();

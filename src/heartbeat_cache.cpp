@@ -12,9 +12,11 @@ extern "C" {
 #include "utils/memutils.h"
 }
 
-namespace wh::cache {
+namespace wh::cache
+{
 
-namespace {
+namespace
+{
 
 struct Key {
 	Oid dboid;

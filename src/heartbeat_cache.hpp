@@ -10,7 +10,8 @@
 
 #include "pg.hpp"
 
-namespace wh::cache {
+namespace wh::cache
+{
 
 void RequestShmem(); // shmem_request_hook
 void InitShmem();    // shmem_startup_hook

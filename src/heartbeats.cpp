@@ -19,9 +19,11 @@ extern "C" {
 #include "utils/uuid.h"
 }
 
-namespace wh::heartbeats {
+namespace wh::heartbeats
+{
 
-namespace {
+namespace
+{
 
 constexpr const char *kLiveStatuses = "ARRAY['active','idle','processing']::pg_catalog.text[]";
 
@@ -92,7 +94,7 @@ struct Previous {
 Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
 {
 	constexpr int kArgs = 12;
-	static const Oid types[kArgs] = {TEXTOID,  TEXTOID, TEXTOID,        UUIDOID, TEXTOID,        TIMESTAMPTZOID,
+	static const Oid types[kArgs] = {TEXTOID,  TEXTOID, TEXTOID,        UUIDOID,        TEXTOID, TIMESTAMPTZOID,
 	                                 JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
 	Datum values[kArgs] = {
 	    PointerGetDatum(a.worker_id),
@@ -123,28 +125,30 @@ Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, Timesta
 	const char *table = catalog::Qualified(ext, "worker_heartbeats");
 	// The self-join returns the row as it was: its status (revived? restarted?)
 	// and the session it was bound to.
-	char *update_sql = psprintf(
-	    "UPDATE %s AS w SET worker_type = $2, status = $3, current_run_id = $4, current_task = $5, "
-	    "lease_expires_at = $6, "
-	    "metadata = CASE WHEN $7::pg_catalog.jsonb IS NULL THEN w.metadata ELSE w.metadata OPERATOR(pg_catalog.||) $7 END, "
-	    "session_pid = $8, session_started_at = $9, last_heartbeat_at = $10, "
-	    "started_at = CASE WHEN old.status OPERATOR(pg_catalog.=) 'stopped' THEN $10 ELSE w.started_at END, "
-	    "died_at = NULL, death_cause = NULL "
-	    "FROM (SELECT o.status, o.worker_type, o.session_pid, o.session_started_at FROM %s o "
-	    "      WHERE o.worker_id OPERATOR(pg_catalog.=) $1 FOR UPDATE) AS old "
-	    "WHERE w.worker_id OPERATOR(pg_catalog.=) $1 "
-	    "RETURNING old.status, old.worker_type, "
-	    "CASE WHEN old.session_pid IS NOT NULL AND (old.session_pid, old.session_started_at) IS DISTINCT FROM ($11, $12) "
-	    "THEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(old.session_pid) s "
-	    "             WHERE s.backend_start OPERATOR(pg_catalog.=) old.session_started_at) ELSE false END, "
-	    "old.session_pid",
-	    table, table);
-	char *insert_sql = psprintf(
-	    "INSERT INTO %s AS w (worker_id, worker_type, status, current_run_id, current_task, lease_expires_at, "
-	    "metadata, session_pid, session_started_at, last_heartbeat_at, started_at) "
-	    "VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '{}'::pg_catalog.jsonb), $8, $9, $10, $10) "
-	    "ON CONFLICT (worker_id) DO NOTHING RETURNING 1",
-	    table);
+	char *update_sql =
+	    psprintf("UPDATE %s AS w SET worker_type = $2, status = $3, current_run_id = $4, current_task = $5, "
+	             "lease_expires_at = $6, "
+	             "metadata = CASE WHEN $7::pg_catalog.jsonb IS NULL THEN w.metadata ELSE w.metadata "
+	             "OPERATOR(pg_catalog.||) $7 END, "
+	             "session_pid = $8, session_started_at = $9, last_heartbeat_at = $10, "
+	             "started_at = CASE WHEN old.status OPERATOR(pg_catalog.=) 'stopped' THEN $10 ELSE w.started_at END, "
+	             "died_at = NULL, death_cause = NULL "
+	             "FROM (SELECT o.status, o.worker_type, o.session_pid, o.session_started_at FROM %s o "
+	             "      WHERE o.worker_id OPERATOR(pg_catalog.=) $1 FOR UPDATE) AS old "
+	             "WHERE w.worker_id OPERATOR(pg_catalog.=) $1 "
+	             "RETURNING old.status, old.worker_type, "
+	             "CASE WHEN old.session_pid IS NOT NULL AND (old.session_pid, old.session_started_at) IS DISTINCT FROM "
+	             "($11, $12) "
+	             "THEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(old.session_pid) s "
+	             "             WHERE s.backend_start OPERATOR(pg_catalog.=) old.session_started_at) ELSE false END, "
+	             "old.session_pid",
+	             table, table);
+	char *insert_sql =
+	    psprintf("INSERT INTO %s AS w (worker_id, worker_type, status, current_run_id, current_task, lease_expires_at, "
+	             "metadata, session_pid, session_started_at, last_heartbeat_at, started_at) "
+	             "VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '{}'::pg_catalog.jsonb), $8, $9, $10, $10) "
+	             "ON CONFLICT (worker_id) DO NOTHING RETURNING 1",
+	             table);
 
 	Previous prev{};
 	for (int attempt = 0; attempt < 3; ++attempt) {
@@ -203,8 +207,9 @@ void Validate(const HeartbeatArgs &a)
 		                errmsg("unknown worker status \"%s\"", text_to_cstring(a.status)),
 		                errhint("Use one of active, idle, processing, stopped.")));
 	if (!core::IsReportable(*status))
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("a worker cannot report itself dead"),
-		                errhint("Only the reaper declares workers dead; call stop_worker() when a worker shuts down.")));
+		ereport(ERROR,
+		        (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("a worker cannot report itself dead"),
+		         errhint("Only the reaper declares workers dead; call stop_worker() when a worker shuts down.")));
 	if (a.metadata && !JB_ROOT_IS_OBJECT(a.metadata))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("metadata must be a JSON object"),
 		                errhint("For example '{\"version\": \"1.2\"}'.")));
@@ -245,8 +250,8 @@ void Beat(const HeartbeatArgs &a)
 		                 "server session: heartbeat with p_session_bound => false there. Otherwise two processes "
 		                 "share this worker_id.")));
 
-	bool was_live = prev.found && prev.status && core::ParseStatus(prev.status) &&
-	                core::IsLive(*core::ParseStatus(prev.status));
+	bool was_live =
+	    prev.found && prev.status && core::ParseStatus(prev.status) && core::IsLive(*core::ParseStatus(prev.status));
 	events::Batch *batch = events::Batch::Create();
 	events::Event e{};
 	e.worker_id = text_to_cstring(a.worker_id);

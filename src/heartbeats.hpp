@@ -10,19 +10,20 @@ extern "C" {
 #include "utils/uuid.h"
 }
 
-namespace wh::heartbeats {
+namespace wh::heartbeats
+{
 
 struct HeartbeatArgs {
 	text *worker_id;
 	text *worker_type;
 	text *status;
-	pg_uuid_t *run_id;         // may be NULL
-	text *task;                // may be NULL
+	pg_uuid_t *run_id; // may be NULL
+	text *task;        // may be NULL
 	bool has_lease_expires;
 	TimestampTz lease_expires;
-	Jsonb *metadata;           // may be NULL: keep the stored metadata
+	Jsonb *metadata; // may be NULL: keep the stored metadata
 	bool session_bound;
-	Oid function_oid;          // of the SQL function called
+	Oid function_oid; // of the SQL function called
 };
 
 // Checks every argument (NULL, empty, too long, unknown status, metadata not

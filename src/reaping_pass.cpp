@@ -14,9 +14,11 @@ extern "C" {
 #include "utils/array.h"
 }
 
-namespace wh::reaping {
+namespace wh::reaping
+{
 
-namespace {
+namespace
+{
 
 constexpr const char *kLive = "ARRAY['active','idle','processing']::pg_catalog.text[]";
 
@@ -101,7 +103,8 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *d
 	// A session we were told has ended counts as gone even if
 	// pg_stat_activity still lists it for a moment.
 	char *sql = psprintf(
-	    "WITH ended AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS e(pid, backend_start)), "
+	    "WITH ended AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS e(pid, "
+	    "backend_start)), "
 	    "gone AS (SELECT w.worker_id, w.session_pid FROM %s w "
 	    "  WHERE w.session_pid IS NOT NULL AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
 	    "  AND (EXISTS (SELECT 1 FROM ended e WHERE e.pid OPERATOR(pg_catalog.=) w.session_pid "
@@ -141,17 +144,18 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	const char *types_table = catalog::Qualified(ext, "worker_types");
 	static const Oid types[2] = {TIMESTAMPTZOID, INTERVALOID};
 	Datum values[2] = {TimestampTzGetDatum(now), DeadAfterInterval()};
-	char *scan_sql = psprintf(
-	    "WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $2) AS dead_after, "
-	    "  w.last_heartbeat_at OPERATOR(pg_catalog.+) COALESCE(t.dead_after, $2) AS deadline "
-	    "  FROM %s w LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
-	    "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s)) "
-	    "SELECT pg_catalog.array_agg(worker_id) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
-	    "pg_catalog.array_agg($1 OPERATOR(pg_catalog.-) dead_after) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
-	    "pg_catalog.min(deadline) FILTER (WHERE deadline OPERATOR(pg_catalog.>) $1), "
-	    "LEAST((SELECT pg_catalog.min(t2.dead_after) FROM %s t2), $2) "
-	    "FROM d",
-	    table, types_table, kLive, types_table);
+	char *scan_sql =
+	    psprintf("WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $2) AS dead_after, "
+	             "  w.last_heartbeat_at OPERATOR(pg_catalog.+) COALESCE(t.dead_after, $2) AS deadline "
+	             "  FROM %s w LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	             "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s)) "
+	             "SELECT pg_catalog.array_agg(worker_id) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
+	             "pg_catalog.array_agg($1 OPERATOR(pg_catalog.-) dead_after) FILTER (WHERE deadline "
+	             "OPERATOR(pg_catalog.<=) $1), "
+	             "pg_catalog.min(deadline) FILTER (WHERE deadline OPERATOR(pg_catalog.>) $1), "
+	             "LEAST((SELECT pg_catalog.min(t2.dead_after) FROM %s t2), $2) "
+	             "FROM d",
+	             table, types_table, kLive, types_table);
 	spi::Run(spi::Plan(scan_sql, 2, types), values, nullptr, true);
 	bool ids_null = true, cutoffs_null = true, next_null = true, shortest_null = true;
 	Datum ids = spi::Column(0, 1, &ids_null);
@@ -183,18 +187,18 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	Datum mark_values[3] = {PointerGetDatum(construct_array(id_items, dead, TEXTOID, -1, false, TYPALIGN_INT)),
 	                        TimestampTzGetDatum(now), DeadAfterInterval()};
 	// Checked again row by row: a worker may have come back since the scan.
-	char *mark_sql = psprintf(
-	    "WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $3) AS dead_after FROM %s w "
-	    "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
-	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1)) "
-	    "UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
-	    "session_pid = NULL, session_started_at = NULL "
-	    "FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
-	    "AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
-	    "AND (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after) OPERATOR(pg_catalog.<=) $2 "
-	    "RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
-	    "$2 OPERATOR(pg_catalog.-) (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after)",
-	    table, types_table, table, kLive);
+	char *mark_sql =
+	    psprintf("WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $3) AS dead_after FROM %s w "
+	             "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	             "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1)) "
+	             "UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
+	             "session_pid = NULL, session_started_at = NULL "
+	             "FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
+	             "AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
+	             "AND (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after) OPERATOR(pg_catalog.<=) $2 "
+	             "RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
+	             "$2 OPERATOR(pg_catalog.-) (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after)",
+	             table, types_table, table, kLive);
 	spi::Run(spi::Plan(mark_sql, 3, mark_types), mark_values, nullptr, false);
 	for (uint64 row = 0; row < SPI_processed; ++row) {
 		int r = static_cast<int>(row);
@@ -220,7 +224,8 @@ void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Hol
 	auto *all = static_cast<leases::Holder *>(palloc(sizeof(leases::Holder) * (deaths->count + extra + 1)));
 	int n = 0;
 	for (int i = 0; i < deaths->count; ++i)
-		all[n++] = leases::Holder{deaths->items[i].worker_id, deaths->items[i].silent_for_us, deaths->items[i].latency_us};
+		all[n++] =
+		    leases::Holder{deaths->items[i].worker_id, deaths->items[i].silent_for_us, deaths->items[i].latency_us};
 	for (int i = 0; i < extra; ++i) {
 		char *id = spi::ColumnText(i, 1);
 		bool already = false;
@@ -282,9 +287,9 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);
 	result.duration_ms = INSTR_TIME_GET_MILLISEC(elapsed);
-	registry::RecordPass(MyDatabaseId, registry::PassRecord{now, result.duration_ms,
-	                                                       static_cast<uint64>(result.declared_dead),
-	                                                       static_cast<uint64>(result.released)});
+	registry::RecordPass(MyDatabaseId,
+	                     registry::PassRecord{now, result.duration_ms, static_cast<uint64>(result.declared_dead),
+	                                          static_cast<uint64>(result.released)});
 	return result;
 }
 

@@ -14,11 +14,12 @@
 
 #include "catalog.hpp"
 
-namespace wh::reaping {
+namespace wh::reaping
+{
 
 struct PassOptions {
-	bool from_reaper;   // log a summary line instead of WARNINGs to a client
-	bool full;          // check every worker and sweep every dead worker's leases
+	bool from_reaper; // log a summary line instead of WARNINGs to a client
+	bool full;        // check every worker and sweep every dead worker's leases
 };
 
 struct PassResult {

@@ -4,7 +4,8 @@ extern "C" {
 #include "utils/guc.h"
 }
 
-namespace wh::settings {
+namespace wh::settings
+{
 
 int dead_after_ms = 5 * 60 * 1000;
 int reap_interval_ms = 1000;
@@ -16,21 +17,19 @@ int max_workers = 10000;
 void Define()
 {
 	// Readable by every role (no GUC_SUPERUSER_ONLY): the views read dead_after.
-	DefineCustomIntVariable("worker_heartbeat.dead_after",
-	                        "Silence after which a worker is declared dead.",
+	DefineCustomIntVariable("worker_heartbeat.dead_after", "Silence after which a worker is declared dead.",
 	                        "Overridden per worker type with set_worker_type_dead_after().", &dead_after_ms,
 	                        dead_after_ms, 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("worker_heartbeat.reap_interval", "Time between two passes of the reaper.", nullptr,
 	                        &reap_interval_ms, reap_interval_ms, 10, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                        nullptr, nullptr);
-	DefineCustomIntVariable("worker_heartbeat.stale_after",
-	                        "The reaper removes workers stopped or dead for longer than this.", nullptr,
-	                        &stale_after_ms, stale_after_ms, 60 * 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
-	                        nullptr, nullptr);
+	DefineCustomIntVariable(
+	    "worker_heartbeat.stale_after", "The reaper removes workers stopped or dead for longer than this.", nullptr,
+	    &stale_after_ms, stale_after_ms, 60 * 1000, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("worker_heartbeat.pass_lock_timeout",
 	                        "Longest lock wait of a reaping pass on one table before it skips that table.", nullptr,
-	                        &pass_lock_timeout_ms, pass_lock_timeout_ms, 1, 60 * 1000, PGC_SIGHUP, GUC_UNIT_MS,
-	                        nullptr, nullptr, nullptr);
+	                        &pass_lock_timeout_ms, pass_lock_timeout_ms, 1, 60 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
+	                        nullptr, nullptr);
 	DefineCustomIntVariable("worker_heartbeat.launcher_interval",
 	                        "How often the launcher looks for databases that need a reaper.", nullptr,
 	                        &launcher_interval_ms, launcher_interval_ms, 100, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS,

@@ -3,15 +3,16 @@
 
 #include "pg.hpp"
 
-namespace wh::settings {
+namespace wh::settings
+{
 
 void Define(); // from _PG_init
 
-extern int dead_after_ms;         // worker_heartbeat.dead_after
-extern int reap_interval_ms;      // worker_heartbeat.reap_interval
-extern int stale_after_ms;        // worker_heartbeat.stale_after
-extern int pass_lock_timeout_ms;  // worker_heartbeat.pass_lock_timeout
-extern int launcher_interval_ms;  // worker_heartbeat.launcher_interval
-extern int max_workers;           // worker_heartbeat.max_workers (postmaster)
+extern int dead_after_ms;        // worker_heartbeat.dead_after
+extern int reap_interval_ms;     // worker_heartbeat.reap_interval
+extern int stale_after_ms;       // worker_heartbeat.stale_after
+extern int pass_lock_timeout_ms; // worker_heartbeat.pass_lock_timeout
+extern int launcher_interval_ms; // worker_heartbeat.launcher_interval
+extern int max_workers;          // worker_heartbeat.max_workers (postmaster)
 
 } // namespace wh::settings

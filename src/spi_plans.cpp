@@ -6,9 +6,11 @@ extern "C" {
 #include "utils/memutils.h"
 }
 
-namespace wh::spi {
+namespace wh::spi
+{
 
-namespace {
+namespace
+{
 struct KeptPlan {
 	char *sql;
 	SPIPlanPtr plan;

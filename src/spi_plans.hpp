@@ -4,7 +4,8 @@
 
 #include "pg.hpp"
 
-namespace wh::spi {
+namespace wh::spi
+{
 
 SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes);
 // Runs a kept plan; raises an ERROR naming the statement if SPI fails.

@@ -13,9 +13,11 @@
 #include <cstdint>
 #include <limits>
 
-namespace wh::core {
+namespace wh::core
+{
 
-class DeathSchedule {
+class DeathSchedule
+{
   public:
 	static constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::max();
 

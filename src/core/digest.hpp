@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <string_view>
 
-namespace wh::core {
+namespace wh::core
+{
 
-class ArgumentDigest {
+class ArgumentDigest
+{
   public:
 	void AddNull() { Mix(0x00); }
 	void AddBytes(const void *data, std::size_t length)

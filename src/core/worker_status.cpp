@@ -2,9 +2,11 @@
 
 #include <array>
 
-namespace wh::core {
+namespace wh::core
+{
 
-namespace {
+namespace
+{
 constexpr std::array<std::string_view, 5> kNames = {"active", "idle", "processing", "stopped", "dead"};
 }
 

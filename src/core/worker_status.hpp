@@ -7,7 +7,8 @@
 #include <optional>
 #include <string_view>
 
-namespace wh::core {
+namespace wh::core
+{
 
 enum class WorkerStatus : std::uint8_t { Active, Idle, Processing, Stopped, Dead };
 

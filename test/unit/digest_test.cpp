@@ -4,7 +4,8 @@
 
 using wh::core::ArgumentDigest;
 
-namespace {
+namespace
+{
 std::uint64_t Digest(std::initializer_list<const char *> fields)
 {
 	ArgumentDigest d;
