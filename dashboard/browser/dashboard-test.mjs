@@ -1,13 +1,19 @@
-// Browser half of test/t/070_dashboard.pl: starts session-bound worker
-// sessions (psql), opens the dashboard in Debian's headless Chromium, kills one
-// worker's client with SIGKILL and waits for the page to show, without a
-// reload, that worker dead and its leases released. Prints one line
-// "RESULT {json}" for the TAP test to judge; exits non-zero on a hard failure.
+// Browser half of test/t/070_dashboard.pl, in Debian's headless Chromium.
 //
-// Environment: WHD_URL (dashboard), WHD_PSQL, WHD_CONNINFO (for the workers),
-// WHD_SCHEMA, WHD_TABLE (registered queue table), WHD_SCREENSHOT (png path),
-// CHROMIUM (default /usr/bin/chromium).
-import { spawn } from "node:child_process";
+// WHD_PHASE=kill (default): starts session-bound worker sessions (psql), opens
+// the dashboard, kills one worker's client with SIGKILL and waits for the page
+// to show, without a reload, that worker dead and its leases released.
+// WHD_PHASE=restart: with the page open, restarts the database server
+// (pg_ctl), waits for the page to say the database went away and came back,
+// then starts a worker, kills it, and waits for the page to show the death:
+// the dashboard's LISTEN connection survived the restart.
+//
+// Prints one line "RESULT {json}" for the TAP test to judge; exits non-zero on
+// a hard failure. Environment: WHD_URL (dashboard), WHD_PSQL, WHD_CONNINFO (for
+// the workers), WHD_SCHEMA, WHD_TABLE (registered queue table), WHD_SCREENSHOT
+// (png path), WHD_PGCTL, WHD_PGDATA, WHD_PGLOG (restart phase), CHROMIUM
+// (default /usr/bin/chromium).
+import { spawn, execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
 
 const env = (k, d) => {
@@ -15,6 +21,7 @@ const env = (k, d) => {
   if (v === undefined) throw new Error(`${k} is not set`);
   return v;
 };
+const PHASE = env("WHD_PHASE", "kill");
 const URL_ = env("WHD_URL");
 const PSQL = env("WHD_PSQL", "psql");
 const CONNINFO = env("WHD_CONNINFO");
@@ -23,13 +30,6 @@ const TABLE = env("WHD_TABLE");
 const SHOT = env("WHD_SCREENSHOT");
 const qi = (s) => '"' + s.replaceAll('"', '""') + '"';
 const ql = (s) => "'" + s.replaceAll("'", "''") + "'";
-
-const WORKERS = [
-  { id: "ingest-1", type: "ingest", leases: 3, task: "resize batch 41" },
-  { id: "ingest-2", type: "ingest", leases: 3, task: "resize batch 42" },
-  { id: "scorer-1", type: "scorer", leases: 2, task: "score run 7" },
-];
-const VICTIM = WORKERS[1];
 
 // A worker: one psql session that heartbeats session-bound and claims rows.
 function startWorker(w) {
@@ -56,14 +56,33 @@ UPDATE ${TABLE} SET claimed_by = ${ql(w.id)}, lease_expires_at = now() + interva
   });
 }
 
-const result = { ok: false, steps: [] };
+// Kills a worker's client and waits until the page shows it dead with its
+// leases released (dead row, per-type count, feed). Returns what it saw.
+async function killAndWatch(page, child, w, typeDead) {
+  const t0 = Date.now();
+  process.kill(child.pid, "SIGKILL");
+  const seen = await page.waitForFunction(({ id, leases, type, typeDead }) => {
+    const q = (s) => document.querySelector(s);
+    const td = q(`#types tr[data-worker-type="${type}"] td[data-state="dead"]`);
+    if (!td || td.textContent !== String(typeDead)) return false;
+    const dead = q(`#dead-workers tr[data-worker-id="${id}"]`);
+    const row = q(`#workers tr[data-worker-id="${id}"]`);
+    const died = q(`#feed li[data-event="died"][data-worker-id="${id}"]`);
+    const rel = q(`#feed li[data-event="leases_released"][data-worker-id="${id}"]`);
+    if (!dead || !row || row.dataset.state !== "dead" || !died || !rel) return false;
+    if (Number(dead.dataset.leasesReleased) < leases) return false;
+    return { leases_shown: Number(dead.dataset.leasesReleased), feed_text: rel.textContent, died_text: died.textContent };
+  }, { id: w.id, leases: w.leases, type: w.type, typeDead }, { polling: 10, timeout: 10000 });
+  const r = await seen.jsonValue();
+  r.elapsed_ms = Date.now() - t0;
+  return r;
+}
+
+const result = { ok: false, phase: PHASE, steps: [] };
 const step = (s) => { result.steps.push(s); console.error("dashboard-test:", s); };
 let browser;
 const children = [];
 try {
-  for (const w of WORKERS) children.push(await startWorker(w));
-  step("workers ready");
-
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -77,51 +96,75 @@ try {
   let navigations = 0;
   page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations++; });
 
-  // refresh=0: no periodic reload of the state, so only a push can show the death.
-  await page.goto(URL_ + "?refresh=0");
-  await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
-  for (const w of WORKERS) {
-    await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 15000 });
+  if (PHASE === "kill") {
+    const WORKERS = [
+      { id: "ingest-1", type: "ingest", leases: 3, task: "resize batch 41" },
+      { id: "ingest-2", type: "ingest", leases: 3, task: "resize batch 42" },
+      { id: "scorer-1", type: "scorer", leases: 2, task: "score run 7" },
+    ];
+    const VICTIM = WORKERS[1];
+    for (const w of WORKERS) children.push(await startWorker(w));
+    step("workers ready");
+
+    // refresh=0: no periodic reload of the state, so only a push can show the death.
+    await page.goto(URL_ + "?refresh=0");
+    await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+    for (const w of WORKERS) {
+      await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 15000 });
+    }
+    step("page shows the workers processing");
+    result.navigations_before = navigations;
+    await page.evaluate(() => { window.__sameDocument = true; });
+
+    Object.assign(result, await killAndWatch(page, children[1], VICTIM, 1));
+    step(`page showed the death and the release after ${result.elapsed_ms} ms`);
+
+    result.same_document = await page.evaluate(() => window.__sameDocument === true);
+    result.navigations_after = navigations;
+    result.pushed = await page.evaluate((id) => window.whd.events
+      .filter((e) => e.event.worker_id === id).map((e) => e.event.event), VICTIM.id);
+    result.others = await page.evaluate((ids) => ids.map((id) =>
+      document.querySelector(`#workers tr[data-worker-id="${id}"]`)?.dataset.state), WORKERS.filter((w) => w !== VICTIM).map((w) => w.id));
+    result.dead_row_text = await page.locator(`#dead-workers tr[data-worker-id="${VICTIM.id}"]`).innerText();
+    result.types_dead = await page.locator(`#types tr[data-worker-type="${VICTIM.type}"] td[data-state="dead"]`).innerText();
+    await page.screenshot({ path: SHOT, fullPage: true });
+    result.screenshot = SHOT;
+    // and once the page has reloaded its state from the database
+    await page.waitForFunction(() => {
+      const last = Math.max(...window.whd.events.map((e) => e.at));
+      return window.whd.settledAt > last;
+    }, null, { timeout: 5000 });
+    result.settled_types_dead = await page.locator(`#types tr[data-worker-type="${VICTIM.type}"] td[data-state="dead"]`).innerText();
+    await page.screenshot({ path: SHOT.replace(/\.png$/, "-settled.png"), fullPage: true });
+  } else if (PHASE === "restart") {
+    await page.goto(URL_ + "?refresh=0");
+    await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+    const deadBefore = Number(await page.locator('#types tr[data-worker-type="ingest"] td[data-state="dead"]').innerText());
+    step("page open; restarting the database server");
+    execFileSync(env("WHD_PGCTL"), ["-D", env("WHD_PGDATA"), "-l", env("WHD_PGLOG"), "-m", "fast", "-w", "restart"],
+                 { stdio: ["ignore", "ignore", "inherit"] });
+    step("server restarted");
+    await page.waitForFunction(() => {
+      const s = window.whd.statuses;
+      const down = s.indexOf("disconnected");
+      return down >= 0 && s.indexOf("listening", down) > down;
+    }, null, { timeout: 20000 });
+    result.statuses = await page.evaluate(() => window.whd.statuses);
+    result.live_after = await page.locator("#live").getAttribute("data-state");
+    step("page saw the database go away and come back");
+    const w = { id: "ingest-3", type: "ingest", leases: 2, task: "resize batch 43" };
+    const child = await startWorker(w);
+    children.push(child);
+    // its "started" notification makes the page reload its state
+    await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 10000 });
+    Object.assign(result, await killAndWatch(page, child, w, deadBefore + 1));
+    step(`after the restart, the page showed a death after ${result.elapsed_ms} ms`);
+    result.banner = await page.locator("#banner").innerText();
+    await page.screenshot({ path: SHOT, fullPage: true });
+    result.screenshot = SHOT;
+  } else {
+    throw new Error(`unknown WHD_PHASE ${PHASE}`);
   }
-  step("page shows the workers processing");
-  result.navigations_before = navigations;
-  await page.evaluate(() => { window.__sameDocument = true; });
-
-  const t0 = Date.now();
-  process.kill(children[1].pid, "SIGKILL");
-  const seen = await page.waitForFunction(({ id, leases, type }) => {
-    const q = (s) => document.querySelector(s);
-    const typeDead = q(`#types tr[data-worker-type="${type}"] td[data-state="dead"]`);
-    if (!typeDead || typeDead.textContent !== "1") return false;
-    const dead = q(`#dead-workers tr[data-worker-id="${id}"]`);
-    const row = q(`#workers tr[data-worker-id="${id}"]`);
-    const died = q(`#feed li[data-event="died"][data-worker-id="${id}"]`);
-    const rel = q(`#feed li[data-event="leases_released"][data-worker-id="${id}"]`);
-    if (!dead || !row || row.dataset.state !== "dead" || !died || !rel) return false;
-    if (Number(dead.dataset.leasesReleased) < leases) return false;
-    return { leases_shown: Number(dead.dataset.leasesReleased), feed_text: rel.textContent, died_text: died.textContent };
-  }, { id: VICTIM.id, leases: VICTIM.leases, type: VICTIM.type }, { polling: 10, timeout: 10000 });
-  result.elapsed_ms = Date.now() - t0;
-  Object.assign(result, await seen.jsonValue());
-  step(`page showed the death and the release after ${result.elapsed_ms} ms`);
-
-  result.same_document = await page.evaluate(() => window.__sameDocument === true);
-  result.navigations_after = navigations;
-  result.pushed = await page.evaluate((id) => window.whd.events
-    .filter((e) => e.event.worker_id === id).map((e) => e.event.event), VICTIM.id);
-  result.others = await page.evaluate((ids) => ids.map((id) =>
-    document.querySelector(`#workers tr[data-worker-id="${id}"]`)?.dataset.state), WORKERS.filter((w) => w !== VICTIM).map((w) => w.id));
-  result.dead_row_text = await page.locator(`#dead-workers tr[data-worker-id="${VICTIM.id}"]`).innerText();
-  result.types_dead = await page.locator(`#types tr[data-worker-type="${VICTIM.type}"] td[data-state="dead"]`).innerText();
-  await page.screenshot({ path: SHOT, fullPage: true });
-  result.screenshot = SHOT;
-  // and once the page has reloaded its state from the database
-  await page.waitForFunction(() => {
-    const last = Math.max(...window.whd.events.map((e) => e.at));
-    return window.whd.settledAt > last;
-  }, null, { timeout: 5000 });
-  result.settled_types_dead = await page.locator(`#types tr[data-worker-type="${VICTIM.type}"] td[data-state="dead"]`).innerText();
-  await page.screenshot({ path: SHOT.replace(/\.png$/, "-settled.png"), fullPage: true });
   result.console_errors = consoleErrors;
   result.ok = true;
 } catch (e) {

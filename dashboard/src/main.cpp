@@ -90,7 +90,7 @@ SELECT pg_catalog.json_build_object(
              FROM ev WHERE ev.occurred_at >= pg_catalog.now() - interval '1 hour'),
   'recent', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) ORDER BY r.event_id DESC), '[]')
                FROM (SELECT e.event_id, e.occurred_at, e.worker_id, e.worker_type, e.event,
-                            e.table_name, e.released_count,
+                            e.table_name, e.released_count, e.details,
                             pg_catalog.date_part('epoch', e.silent_for) AS silent_for_s,
                             pg_catalog.date_part('epoch', e.detection_latency) AS detection_latency_s
                        FROM )SQL" +

@@ -152,26 +152,39 @@ $r = $http->request('POST', "${url}api/summary");
 isnt($r->{status}, 200, 'nothing answers a POST');
 
 # --- the browser ---
-my $shot = "$work/dashboard-after-kill.png";
-unlink $shot;
-my ($bout, $berr) = ('', '');
 my $psql = $node->installed_command('psql');
-my $rc = IPC::Run::run(
-	[ 'node', "$browser_dir/dashboard-test.mjs" ],
-	'>', \$bout, '2>', \$berr,
-	init => sub {
-		$ENV{WHD_URL}        = $url;
-		$ENV{WHD_PSQL}       = $psql;
-		$ENV{WHD_CONNINFO}   = "host=$host port=$port dbname=postgres";
-		$ENV{WHD_SCHEMA}     = 'pm_pipeline';
-		$ENV{WHD_TABLE}      = 'public.jobs';
-		$ENV{WHD_SCREENSHOT} = $shot;
-	},
-	IPC::Run::timeout(120));
-note($berr);
-my ($json) = $bout =~ /^RESULT (.*)$/m;
-my $res = eval { decode_json($json // '') } // {};
-ok($rc && $res->{ok}, 'the browser test ran to the end') or diag("stdout: $bout\nerror: " . ($res->{error} // ''));
+
+sub run_browser
+{
+	my ($phase, $shot) = @_;
+	unlink $shot;
+	my ($bout, $berr) = ('', '');
+	my $ok = IPC::Run::run(
+		[ 'node', "$browser_dir/dashboard-test.mjs" ],
+		'>', \$bout, '2>', \$berr,
+		init => sub {
+			$ENV{WHD_PHASE}      = $phase;
+			$ENV{WHD_URL}        = $url;
+			$ENV{WHD_PSQL}       = $psql;
+			$ENV{WHD_CONNINFO}   = "host=$host port=$port dbname=postgres";
+			$ENV{WHD_SCHEMA}     = 'pm_pipeline';
+			$ENV{WHD_TABLE}      = 'public.jobs';
+			$ENV{WHD_SCREENSHOT} = $shot;
+			$ENV{WHD_PGCTL}      = $node->installed_command('pg_ctl');
+			$ENV{WHD_PGDATA}     = $node->data_dir;
+			$ENV{WHD_PGLOG}      = $node->logfile;
+		},
+		IPC::Run::timeout(120));
+	note($berr);
+	my ($json) = $bout =~ /^RESULT (.*)$/m;
+	my $res = eval { decode_json($json // '') } // {};
+	ok($ok && $res->{ok}, "the browser test ($phase) ran to the end")
+	  or diag("stdout: $bout\nerror: " . ($res->{error} // ''));
+	return $res;
+}
+
+my $shot = "$work/dashboard-after-kill.png";
+my $res = run_browser('kill', $shot);
 ok(defined $res->{elapsed_ms} && $res->{elapsed_ms} <= 1000,
 	'the page showed the killed worker dead and its leases released within a second')
   or diag('elapsed_ms: ' . ($res->{elapsed_ms} // 'never'));
@@ -231,6 +244,19 @@ my ($lat_count) = $metrics =~ /^worker_heartbeat_detection_latency_seconds_count
 is($lat_count, 2, 'detection latency summary counts the ingest deaths');
 my ($p50) = $metrics =~ /^worker_heartbeat_detection_latency_seconds\{worker_type="ingest",quantile="0.5"\} (\S+)$/m;
 ok(defined $p50 && $p50 =~ /^[0-9.e+-]+$/ && $p50 < 1, "detection latency median is under a second ($p50)");
+# --- the database restarts under the open page ---
+my $shot2 = "$work/dashboard-after-restart.png";
+$res = run_browser('restart', $shot2);
+ok(grep({ $_ eq 'disconnected' } @{ $res->{statuses} // [] }),
+	'the page was told that the database went away');
+is($res->{live_after}, 'live', 'and that the dashboard listens again');
+ok(defined $res->{elapsed_ms} && $res->{elapsed_ms} <= 1000,
+	'after the restart, a killed worker is shown dead with its leases released within a second')
+  or diag('elapsed_ms: ' . ($res->{elapsed_ms} // 'never'));
+note('after restart, kill -> page: ' . ($res->{elapsed_ms} // 'never') . ' ms');
+is($res->{banner}, '', 'no error banner is left on the page');
+ok(-s $shot2, "screenshot saved: $shot2");
+
 # --- the dashboard ends on SIGTERM ---
 $dash->signal('TERM');
 $deadline = time + 10;
