@@ -82,7 +82,8 @@ my $bouncer = IPC::Run::start([ $pgbouncer, "$dir/pgbouncer.ini" ],
 END
 {
 	# stop pgbouncer however the test ends
-	if ($bouncer && $bouncer->pumpable) { $bouncer->signal('TERM'); $bouncer->finish; }
+	# SIGKILL: its TERM means "wait for every client" since pgbouncer 1.23.
+	if ($bouncer && $bouncer->pumpable) { $bouncer->signal('KILL'); $bouncer->finish; }
 }
 
 my $bconn = "host=127.0.0.1 port=$bport dbname=postgres user=$user";
@@ -240,7 +241,7 @@ is($err, '', 'after stop_worker the worker heartbeats unbound through pgbouncer'
 
 $w->quit;
 $sb->quit;
-$bouncer->signal('TERM');
+$bouncer->signal('KILL');
 $bouncer->finish;
 $node->stop;
 done_testing();
