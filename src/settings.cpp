@@ -34,10 +34,13 @@ void Define()
 	                        "How often the launcher looks for databases that need a reaper.", nullptr,
 	                        &launcher_interval_ms, launcher_interval_ms, 100, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS,
 	                        nullptr, nullptr, nullptr);
-	DefineCustomIntVariable("worker_heartbeat.max_workers",
-	                        "Workers the shared-memory heartbeat cache can hold (needs shared_preload_libraries).",
-	                        "Workers beyond this write every heartbeat to the table.", &max_workers, max_workers, 16,
-	                        10 * 1000 * 1000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+	// A postmaster setting can only be defined while the postmaster loads us:
+	// without shared_preload_libraries there is no cache to size anyway.
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("worker_heartbeat.max_workers",
+		                        "Workers the shared-memory heartbeat cache can hold (needs shared_preload_libraries).",
+		                        "Workers beyond this write every heartbeat to the table.", &max_workers, max_workers, 16,
+		                        10 * 1000 * 1000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
 	MarkGUCPrefixReserved("worker_heartbeat");
 }
 
