@@ -1,0 +1,131 @@
+# Upgrade path and dump/restore.
+#
+# - install version 1.0, fill it (workers, a per-type setting, a registered
+#   table with leases, events), ALTER EXTENSION ... UPDATE to the current
+#   version, and check that data, registrations and behaviour survived and the
+#   new version's functions are there;
+# - pg_dump the database and restore it into a fresh one: registrations,
+#   workers, settings and history come back, and the restored database reaps.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('upgrade');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'worker_heartbeat'
+max_worker_processes = 16
+worker_heartbeat.reap_interval = '200ms'
+worker_heartbeat.launcher_interval = '1s'
+});
+$node->start;
+
+my $default_version = $node->safe_psql('postgres',
+	"SELECT default_version FROM pg_available_extensions WHERE name = 'worker_heartbeat'");
+
+$node->safe_psql('postgres', q{
+	CREATE SCHEMA pm_pipeline;
+	CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline VERSION '1.0';
+	CREATE SCHEMA app;
+	CREATE TABLE app.queue (id int PRIMARY KEY, state text NOT NULL DEFAULT 'pending',
+	                        claimed_by text, lease_expires_at timestamptz);
+	CREATE INDEX ON app.queue (claimed_by);
+	CREATE INDEX ON app.queue (lease_expires_at);
+	SELECT pm_pipeline.register_lease_table('app.queue', p_on_release => '{"state": "pending"}');
+	SELECT pm_pipeline.set_worker_type_dead_after('slow', '1 hour');
+	SELECT pm_pipeline.upsert_worker_heartbeat('keeper', 'slow', 'processing', p_current_task => 'long job');
+	SELECT pm_pipeline.upsert_worker_heartbeat('goner', 'fast', 'processing');
+	SELECT pm_pipeline.upsert_worker_heartbeat('quitter', 'fast');
+	SELECT pm_pipeline.stop_worker('quitter');
+	INSERT INTO app.queue VALUES
+	    (1, 'claimed', 'keeper', now() + interval '1 day'),
+	    (2, 'claimed', 'goner', now() + interval '1 day'),
+	    (3, 'pending', NULL, NULL);
+});
+is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'worker_heartbeat'"),
+	'1.0', 'version 1.0 installed');
+
+my $before = $node->safe_psql('postgres', q{
+	SELECT (SELECT string_agg(worker_id || ':' || status || ':' || coalesce(current_task, ''), ',' ORDER BY worker_id)
+	          FROM pm_pipeline.worker_heartbeats)
+	    || '|' || (SELECT string_agg(table_name::text || ':' || on_release::text, ',') FROM pm_pipeline.lease_tables)
+	    || '|' || (SELECT string_agg(worker_type || ':' || dead_after, ',') FROM pm_pipeline.worker_types)
+	    || '|' || (SELECT count(*) FROM pm_pipeline.worker_events)
+});
+
+$node->safe_psql('postgres', 'ALTER EXTENSION worker_heartbeat UPDATE');
+is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'worker_heartbeat'"),
+	$default_version, "updated to $default_version");
+
+my $after = $node->safe_psql('postgres', q{
+	SELECT (SELECT string_agg(worker_id || ':' || status || ':' || coalesce(current_task, ''), ',' ORDER BY worker_id)
+	          FROM pm_pipeline.worker_heartbeats)
+	    || '|' || (SELECT string_agg(table_name::text || ':' || on_release::text, ',') FROM pm_pipeline.lease_tables)
+	    || '|' || (SELECT string_agg(worker_type || ':' || dead_after, ',') FROM pm_pipeline.worker_types)
+	    || '|' || (SELECT count(*) FROM pm_pipeline.worker_events)
+});
+is($after, $before, 'workers, registrations, settings and events survived the update');
+
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_proc
+	 WHERE pronamespace = 'pm_pipeline'::regnamespace
+	   AND proname IN ('claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease')
+}), '5', 'the fenced-lease functions of 1.1 are there');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_proc p
+	 WHERE p.pronamespace = 'pm_pipeline'::regnamespace
+	   AND (has_function_privilege('public', p.oid, 'EXECUTE')
+	        OR NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'))
+}), '0', 'after the update still nothing for PUBLIC and every search_path fixed');
+
+# Behaviour survived: the 1.0 registration still drives the reaper, which
+# releases the lease of a worker that dies after the update.
+$node->safe_psql('postgres', q{SELECT pm_pipeline.set_worker_type_dead_after('fast', '1 second')});
+ok($node->poll_query_until('postgres',
+	q{SELECT state = 'pending' AND claimed_by IS NULL FROM app.queue WHERE id = 2}),
+	'the reaper releases a dead worker\'s lease after the update');
+is($node->safe_psql('postgres', q{SELECT claimed_by FROM app.queue WHERE id = 1}), 'keeper',
+	'a live worker keeps its lease');
+is($node->safe_psql('postgres', q{SELECT status FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'goner'}),
+	'dead', 'the silent worker is dead');
+
+# --- dump and restore -------------------------------------------------------
+my $dump = $node->basedir . '/worker_heartbeat.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('postgres') ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('restored'), $dump ], 'pg_restore');
+
+my $snapshot = q{
+	SELECT (SELECT string_agg(worker_id || ':' || status, ',' ORDER BY worker_id) FROM pm_pipeline.worker_heartbeats)
+	    || '|' || (SELECT string_agg(table_name::text || ':' || worker_column || ':' || expires_column || ':' || on_release::text, ',')
+	                 FROM pm_pipeline.lease_tables)
+	    || '|' || (SELECT string_agg(worker_type || ':' || dead_after, ',' ORDER BY worker_type) FROM pm_pipeline.worker_types)
+	    || '|' || (SELECT count(*) FROM pm_pipeline.worker_events)
+	    || '|' || (SELECT string_agg(id || ':' || state || ':' || coalesce(claimed_by, '-'), ',' ORDER BY id) FROM app.queue)
+};
+is($node->safe_psql('restored', $snapshot), $node->safe_psql('postgres', $snapshot),
+	'workers, registrations, per-type settings, events and the queue are restored');
+is($node->safe_psql('restored', "SELECT extversion FROM pg_extension WHERE extname = 'worker_heartbeat'"),
+	$default_version, 'the restored extension has the current version');
+
+# The restored database works: new events continue the sequence, and its own
+# reaper releases the lease of a worker that dies there.
+$node->safe_psql('restored', q{
+	SELECT pm_pipeline.upsert_worker_heartbeat('newcomer', 'fast');
+	UPDATE app.queue SET state = 'claimed', claimed_by = 'newcomer' WHERE id = 3;
+});
+is($node->safe_psql('restored', q{
+	SELECT (SELECT event_id FROM pm_pipeline.worker_events WHERE worker_id = 'newcomer' AND event = 'started')
+	     > (SELECT max(event_id) FROM pm_pipeline.worker_events WHERE worker_id <> 'newcomer')
+}), 't', 'new events continue after the restored ones (the id sequence is restored too)');
+ok($node->poll_query_until('restored',
+	q{SELECT state = 'pending' AND claimed_by IS NULL FROM app.queue WHERE id = 3}),
+	'the restored database has a reaper that releases leases');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pm_pipeline.reaper_status() WHERE database = 'restored' AND pid IS NOT NULL
+}), 'exactly one reaper for the restored database');
+
+$node->stop;
+done_testing();
