@@ -85,6 +85,40 @@ is($node->safe_psql('postgres', "SELECT state || '/' || done_by FROM tasks WHERE
 is($node->safe_psql('postgres', "SELECT status FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'cpp-sigterm'"),
 	'stopped', 'cpp: and called stop_worker');
 
+# The seed's behaviour (--on-signal exit): SIGTERM -> stop_worker at once (its
+# lease released), then the process dies of the signal.
+WorkerTap::add_tasks($node, 1, 'cpp exit-mode');
+$log = "$PostgreSQL::Test::Utils::tmp_check/cpp_exit_mode.log";
+$pid = WorkerTap::spawn(cmd => [ $worker, '--id', 'cpp-exit', '--on-signal', 'exit', '--work-ms', '600000' ],
+	env => \%env, log => $log);
+ok(defined WorkerTap::poll_seconds($node,
+		"SELECT count(*) = 1 FROM tasks WHERE payload LIKE 'cpp exit-mode%' AND claimed_by = 'cpp-exit'", 60),
+	'cpp: exit-mode worker holds a lease');
+kill 'TERM', $pid;
+is(WorkerTap::wait_exit($pid, 30), 128 + 15, 'cpp: --on-signal exit: the worker dies of SIGTERM');
+is($node->safe_psql('postgres', "SELECT status FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'cpp-exit'"),
+	'stopped', 'cpp: after calling stop_worker');
+is($node->safe_psql('postgres', "SELECT state || '/' || (claimed_by IS NULL) FROM tasks WHERE payload LIKE 'cpp exit-mode%'"),
+	'pending/true', 'cpp: which released its lease at once');
+
+# A lease that expires under a worker (no extension): the reaper releases it and
+# the late completion is refused (WH001 with fenced leases, a claimed_by check
+# on 1.0) instead of overwriting the row.
+$node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE state = 'pending'");
+WorkerTap::add_tasks($node, 1, 'cpp stale');
+$log = "$PostgreSQL::Test::Utils::tmp_check/cpp_stale.log";
+$pid = WorkerTap::spawn(
+	cmd => [ $worker, '--id', 'cpp-stale', '--lease-ms', '1000', '--work-ms', '5000', '--no-extend', '--max-tasks', '1' ],
+	env => \%env, log => $log);
+ok(defined WorkerTap::poll_seconds($node,
+		"SELECT count(*) = 1 FROM tasks WHERE payload LIKE 'cpp stale%' AND claimed_by IS NULL AND state = 'pending' AND attempts = 1", 60),
+	'cpp: the expired lease was released while the worker still worked');
+is(WorkerTap::wait_exit($pid, 60), 0, 'cpp: the worker goes on after losing its lease');
+like(slurp_file($log), qr/lost the lease of task \d+/, 'cpp: the late completion was refused (StaleLeaseError)');
+is($node->safe_psql('postgres', "SELECT state || '/' || coalesce(done_by, '-') FROM tasks WHERE payload LIKE 'cpp stale%'"),
+	'pending/-', 'cpp: and changed nothing');
+$node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE payload LIKE 'cpp stale%'");
+
 # Heartbeat failures don't stop work: restart the server under a running
 # worker; it reconnects (with backoff) and finishes the queue.
 WorkerTap::add_tasks($node, 40, 'cpp restart');

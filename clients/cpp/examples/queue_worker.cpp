@@ -7,7 +7,8 @@
 // Claims use the fenced-lease functions (extension 1.1) when they exist
 // (--mode auto, the default), or a plain UPDATE ... FOR UPDATE SKIP LOCKED on
 // the 1.0 API (--mode plain). SIGTERM / SIGINT: the current task is finished,
-// then the worker stops (stop_worker) and exits 0.
+// then the worker stops (stop_worker) and exits 0 (--on-signal exit: the
+// seed's behaviour, stop_worker at once and die of the signal).
 #include <unistd.h>
 
 #include <chrono>
@@ -30,7 +31,8 @@ struct Args {
   std::string mode = "auto";
   long work_ms = 200, lease_ms = 30000, idle_ms = 500, max_tasks = -1;
   int batch = 1;
-  bool session_bound = true, exit_when_empty = false;
+  bool session_bound = true, exit_when_empty = false, extend = true;
+  wh::OnSignal on_signal = wh::OnSignal::Flag;
 };
 
 [[noreturn]] void usage(const char* msg) {
@@ -38,7 +40,7 @@ struct Args {
             << "usage: worker_heartbeat_queue_worker [--db CONNINFO] [--schema S] [--table T]\n"
                "  [--type TYPE] [--id ID] [--mode auto|fenced|plain] [--work-ms N] [--lease-ms N]\n"
                "  [--idle-ms N] [--batch N] [--max-tasks N] [--exit-when-empty]\n"
-               "  [--no-session-bound]\n";
+               "  [--no-session-bound] [--no-extend] [--on-signal flag|exit]\n";
   std::exit(2);
 }
 
@@ -84,7 +86,17 @@ Args parse(int argc, char** argv) {
       a.exit_when_empty = true;
     else if (k == "--no-session-bound")
       a.session_bound = false;
-    else if (k == "--help" || k == "-h")
+    else if (k == "--no-extend")
+      a.extend = false;
+    else if (k == "--on-signal") {
+      std::string v = value(i);
+      if (v == "flag")
+        a.on_signal = wh::OnSignal::Flag;
+      else if (v == "exit")
+        a.on_signal = wh::OnSignal::Exit;
+      else
+        usage("--on-signal is flag or exit");
+    } else if (k == "--help" || k == "-h")
       usage("help");
     else
       usage(("unknown option " + k).c_str());
@@ -203,7 +215,7 @@ void work_on(Queue& q, const Task& t, const Args& a, const std::function<bool()>
   while (steady_clock::now() < end) {
     std::this_thread::sleep_for(std::min<milliseconds>(
         milliseconds(50), duration_cast<milliseconds>(end - steady_clock::now())));
-    if (steady_clock::now() >= next_extend) {
+    if (a.extend && steady_clock::now() >= next_extend) {
       next_extend += milliseconds(a.lease_ms / 2);
       try {
         q.extend(t);
@@ -224,7 +236,7 @@ int main(int argc, char** argv) {
   o.conninfo = a.db;
   o.schema = a.schema;
   o.session_bound = a.session_bound;
-  o.on_signal = wh::OnSignal::Flag;  // finish the current task, then stop
+  o.on_signal = a.on_signal;  // flag (default): finish the current task, then stop
   o.metadata_json = R"({"example": "queue_worker"})";
   try {
     wh::Heartbeat hb(o);
@@ -244,8 +256,8 @@ int main(int argc, char** argv) {
         return false;
       }
     };
-    long done = 0;
-    while (!hb.stop_requested() && (a.max_tasks < 0 || done < a.max_tasks)) {
+    long done = 0, handled = 0;
+    while (!hb.stop_requested() && (a.max_tasks < 0 || handled < a.max_tasks)) {
       std::vector<Task> tasks;
       try {
         tasks = q.claim();
@@ -265,6 +277,7 @@ int main(int argc, char** argv) {
         hb.update_task(t.run_id, "task " + t.id + ": " + t.payload, "processing");
         say(me, "claimed task " + t.id + (q.fenced() ? " token " + std::to_string(t.token) : ""));
         work_on(q, t, a, reconnect);
+        ++handled;
         // Complete it; after a lost connection, reconnect and try again: the
         // result still counts if the lease is still ours, and the fence (or
         // the claimed_by check) refuses it if it is not.
