@@ -18,5 +18,13 @@ END
 $revoke$;
 
 -- The reaper of this database starts now (and again at server start when
--- preloaded, or at the first heartbeat after a restart when not).
-SELECT @extschema@.start_reaper();
+-- preloaded, or at the first heartbeat after a restart when not). No free
+-- background worker slot must not make the installation fail.
+DO $start_reaper$
+BEGIN
+    PERFORM @extschema@.start_reaper();
+EXCEPTION WHEN insufficient_resources THEN
+    RAISE WARNING 'worker_heartbeat: the reaper could not be started: %', SQLERRM
+        USING HINT = 'Raise max_worker_processes, then call start_reaper(). Until then call release_dead_worker_leases() yourself (for example from pg_cron).';
+END
+$start_reaper$;
