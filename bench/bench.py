@@ -245,30 +245,46 @@ def setup_databases(P):
         with open(ENV.seed_sql) as f:
             c.execute(f.read())
     log("seed design loaded from %s" % ENV.seed_sql)
-    ENV.ext_dbs = []
+    ENV.sides = []          # extension sides that could be set up
+    ENV.side_errors = {}
     if ENV.have_ext:
-        for cl, db in ((A, "ext"), (ENV.B, "extnp")):
-            if cl is ENV.B:
-                with cl.connect("postgres") as c:
-                    c.execute("CREATE DATABASE extnp")
-            with cl.connect(db) as c:
-                c.execute("CREATE SCHEMA pm_pipeline")
-                c.execute("CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline")
-                c.execute(QUEUE_DDL.format(s=SCHEMA, t="company_research_queue"))
-                c.execute(EXPIRES_IDX.format(s=SCHEMA, t="company_research_queue"))
-                c.execute("SELECT pm_pipeline.register_lease_table("
-                          "'pm_pipeline.company_research_queue'::regclass, 'claimed_by', "
-                          "'lease_expires_at', '{\"state\": \"pending\"}'::jsonb)")
-            ENV.ext_dbs.append((cl, db))
-        log("extension created in A/ext (preloaded) and B/extnp (not preloaded)")
+        for key, cl, db in (("ext", A, "ext"), ("extnp", ENV.B, "extnp")):
+            try:
+                if cl is ENV.B:
+                    with cl.connect("postgres") as c:
+                        c.execute("CREATE DATABASE extnp")
+                with cl.connect(db) as c:
+                    c.execute("CREATE SCHEMA pm_pipeline")
+                    c.execute("CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline")
+                    c.execute(QUEUE_DDL.format(s=SCHEMA, t="company_research_queue"))
+                    c.execute(EXPIRES_IDX.format(s=SCHEMA, t="company_research_queue"))
+                    c.execute("SELECT pm_pipeline.register_lease_table("
+                              "'pm_pipeline.company_research_queue'::regclass, 'claimed_by', "
+                              "'lease_expires_at', '{\"state\": \"pending\"}'::jsonb)")
+                ENV.sides.append((key, cl, db))
+                log("extension created in %s/%s" % (cl.name, db))
+            except psycopg.Error as e:
+                msg = str(e).strip().splitlines()[0]
+                ENV.side_errors[key] = "setup failed: %s" % msg
+                log("%s: extension setup FAILED in %s/%s: %s" % (key, cl.name, db, msg))
+
+
+def guarded(key, figure, fn, *args):
+    """Run one side's figure; a failure is recorded (and printed with the table)
+    instead of ending the whole run."""
+    try:
+        return fn(*args)
+    except (psycopg.Error, RuntimeError, subprocess.SubprocessError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        ENV.side_errors[key] = ENV.side_errors.get(key, "") + "%s%s failed: %s" % (
+            "; " if key in ENV.side_errors else "", figure, msg)
+        log("%s: %s FAILED: %s" % (key, figure, msg))
+        return None
 
 
 def variants():
     """(key, cluster, db) for every side measured."""
-    v = [("seed", ENV.A, "seed")]
-    if ENV.have_ext:
-        v = [("ext", ENV.A, "ext"), ("extnp", ENV.B, "extnp")] + v
-    return v
+    return list(ENV.sides) + [("seed", ENV.A, "seed")]
 
 
 def wait_reaper_passes(cl, db, n=2, timeout=10.0):
@@ -368,39 +384,41 @@ def fig_heartbeats(P, R):
     per_client = P["hb_total"] // P["hb_clients"]
     rel = "pm_pipeline.worker_heartbeats"
     for key, cl, db in variants():
-        with cl.connect(db) as c:
-            # the first beat of each worker
-            c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('w' || g, "
-                      "'company_research', 'active') FROM generate_series(1, %s) g"
-                      % P["hb_workers"])
-            if key == "ext":
-                wait_reaper_passes(cl, db, 1)
-            c.execute("VACUUM ANALYZE %s" % rel)
-            size0 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
-            c.execute("CHECKPOINT")
-            lsn0 = q1(c, "SELECT pg_current_wal_lsn()")
-            log("%s: %d heartbeats from %d workers, %d clients ..."
-                % (key, per_client * P["hb_clients"], P["hb_workers"], P["hb_clients"]))
-            with Perf("hb_" + key):
-                r = pgbench(cl, db, script, P["hb_clients"], transactions=per_client)
-            if r["failed"]:
-                raise RuntimeError("%s: %d heartbeats failed" % (key, r["failed"]))
-            if key == "ext":
-                # include the reaper's flushes of the last beats in the window
-                wait_reaper_passes(cl, db, 2)
-            lsn1 = q1(c, "SELECT pg_current_wal_lsn()")
-            wal = q1(c, "SELECT pg_wal_lsn_diff(%s, %s)", (lsn1, lsn0))
-            size1 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
-            heap1 = q1(c, "SELECT pg_relation_size(%s::regclass)", (rel,))
-            n = r["processed"]
-            R[key]["hb_per_s"] = r["tps"]
-            R[key]["wal_per_hb"] = float(wal) / n
-            R[key]["size_first"] = size0
-            R[key]["size_after"] = size1
-            R[key]["size_growth"] = size1 / size0
-            R[key]["heap_after"] = heap1
-            log("%s: %.0f hb/s, %.1f WAL bytes/hb, table %d -> %d bytes"
-                % (key, r["tps"], float(wal) / n, size0, size1))
+        def one(key=key, cl=cl, db=db):
+            with cl.connect(db) as c:
+                # the first beat of each worker
+                c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('w' || g, "
+                          "'company_research', 'active') FROM generate_series(1, %s) g"
+                          % P["hb_workers"])
+                if key == "ext":
+                    wait_reaper_passes(cl, db, 1)
+                c.execute("VACUUM ANALYZE %s" % rel)
+                size0 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
+                c.execute("CHECKPOINT")
+                lsn0 = q1(c, "SELECT pg_current_wal_lsn()")
+                log("%s: %d heartbeats from %d workers, %d clients ..."
+                    % (key, per_client * P["hb_clients"], P["hb_workers"], P["hb_clients"]))
+                with Perf("hb_" + key):
+                    r = pgbench(cl, db, script, P["hb_clients"], transactions=per_client)
+                if r["failed"]:
+                    raise RuntimeError("%s: %d heartbeats failed" % (key, r["failed"]))
+                if key == "ext":
+                    # include the reaper's flushes of the last beats in the window
+                    wait_reaper_passes(cl, db, 2)
+                lsn1 = q1(c, "SELECT pg_current_wal_lsn()")
+                wal = q1(c, "SELECT pg_wal_lsn_diff(%s, %s)", (lsn1, lsn0))
+                size1 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
+                heap1 = q1(c, "SELECT pg_relation_size(%s::regclass)", (rel,))
+                n = r["processed"]
+                R[key]["hb_per_s"] = r["tps"]
+                R[key]["wal_per_hb"] = float(wal) / n
+                R[key]["size_first"] = size0
+                R[key]["size_after"] = size1
+                R[key]["size_growth"] = size1 / size0
+                R[key]["heap_after"] = heap1
+                log("%s: %.0f hb/s, %.1f WAL bytes/hb, table %d -> %d bytes"
+                    % (key, r["tps"], float(wal) / n, size0, size1))
+        guarded(key, "heartbeats", one)
     log("ceiling: SELECT 1 ...")
     with Perf("hb_ceiling"):
         r = pgbench(ENV.A, "seed", sel1, P["hb_clients"], transactions=per_client)
@@ -425,7 +443,7 @@ RETURNING q.id;
 
 def reset_queue(cl, db, rows):
     with cl.connect(db) as c:
-        c.execute("TRUNCATE pm_pipeline.company_research_queue")
+        c.execute("TRUNCATE pm_pipeline.company_research_queue RESTART IDENTITY")
         c.execute("INSERT INTO pm_pipeline.company_research_queue (run_id, domain) "
                   "SELECT '00000000-0000-0000-0000-000000000001', 'd' || g || '.example' "
                   "FROM generate_series(1, %d) g" % rows)
@@ -439,8 +457,7 @@ def fig_claims(P, R):
     rate = P["claim_hb_workers"] / P["claim_hb_interval_s"]
     # (result key, cluster, db, heartbeats running?)
     runs = [("ceiling", ENV.A, "plain", False), ("seed", ENV.A, "seed", True)]
-    if ENV.have_ext:
-        runs += [("ext", ENV.A, "ext", True), ("extnp", ENV.B, "extnp", True)]
+    runs += [(k, cl, db, True) for k, cl, db in ENV.sides]
     samples = {k: [] for k, _, _, _ in runs}
     for rnd in range(P["claim_rounds"]):
         for key, cl, db, with_hb in runs:
@@ -450,9 +467,12 @@ def fig_claims(P, R):
                 bg = pgbench(cl, db, hb, 2, seconds=P["claim_secs"] + 1, rate=rate,
                              background=True)
                 time.sleep(0.5)
-            r = pgbench(cl, db, claim, P["claim_clients"], seconds=P["claim_secs"])
+            try:
+                r = pgbench(cl, db, claim, P["claim_clients"], seconds=P["claim_secs"])
+            finally:
+                if bg:
+                    out, _ = bg.communicate()
             if bg:
-                out, _ = bg.communicate()
                 parse_pgbench(bg.returncode, out, ["heartbeat load"])
             with cl.connect(db) as c:
                 claimed = q1(c, "SELECT count(*) FROM pm_pipeline.company_research_queue "
@@ -645,51 +665,51 @@ def wait_released(c, row_ids, t_kill, timeout):
 
 
 def fig_kills(P, R):
-    for key, cl, db in variants():
-        if key == "seed":
-            continue
-        reset_queue(cl, db, 1000)
-        with cl.connect(db) as c:
-            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('killable', '1 hour')")
-            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('deadline', %s::interval)",
-                      ("%d seconds" % P["deadline_s"],))
-            lat = []
-            for i in range(P["kills"]):
-                rid = i + 1
-                w = spawn_worker(cl, db, "kill-%s-%d" % (key, i), "killable", rid, True, 1.0)
+    for key, cl, db in ENV.sides:
+        def one(key=key, cl=cl, db=db):
+            reset_queue(cl, db, 1000)
+            with cl.connect(db) as c:
+                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('killable', '1 hour')")
+                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('deadline', %s::interval)",
+                          ("%d seconds" % P["deadline_s"],))
+                lat = []
+                for i in range(P["kills"]):
+                    rid = i + 1
+                    w = spawn_worker(cl, db, "kill-%s-%d" % (key, i), "killable", rid, True, 1.0)
+                    t = time.monotonic()
+                    os.kill(w.pid, signal.SIGKILL)
+                    got = wait_released(c, [rid], t, 10.0)
+                    w.wait()
+                    if rid not in got:
+                        raise RuntimeError("%s: lease of killed session-bound worker not back "
+                                           "within 10 s" % key)
+                    lat.append(got[rid])
+                R[key]["kill_session_median_s"] = statistics.median(lat)
+                R[key]["kill_session_max_s"] = max(lat)
+                log("%s: session-bound kill -> lease back: median %.3f s, max %.3f s"
+                    % (key, statistics.median(lat), max(lat)))
+                # by heartbeat deadline: workers beat every deadline_beat_s, are killed together
+                ws, rids = [], []
+                for i in range(P["deadline_kills"]):
+                    rid = 100 + i
+                    ws.append(spawn_worker(cl, db, "dl-%s-%d" % (key, i), "deadline", rid, False,
+                                           P["deadline_beat_s"]))
+                    rids.append(rid)
+                time.sleep(P["deadline_beat_s"] * 2)
                 t = time.monotonic()
-                os.kill(w.pid, signal.SIGKILL)
-                got = wait_released(c, [rid], t, 10.0)
-                w.wait()
-                if rid not in got:
-                    raise RuntimeError("%s: lease of killed session-bound worker not back "
-                                       "within 10 s" % key)
-                lat.append(got[rid])
-            R[key]["kill_session_median_s"] = statistics.median(lat)
-            R[key]["kill_session_max_s"] = max(lat)
-            log("%s: session-bound kill -> lease back: median %.3f s, max %.3f s"
-                % (key, statistics.median(lat), max(lat)))
-            # by heartbeat deadline: workers beat every deadline_beat_s, are killed together
-            ws, rids = [], []
-            for i in range(P["deadline_kills"]):
-                rid = 100 + i
-                ws.append(spawn_worker(cl, db, "dl-%s-%d" % (key, i), "deadline", rid, False,
-                                       P["deadline_beat_s"]))
-                rids.append(rid)
-            time.sleep(P["deadline_beat_s"] * 2)
-            t = time.monotonic()
-            for w in ws:
-                os.kill(w.pid, signal.SIGKILL)
-            got = wait_released(c, rids, t, P["deadline_s"] + 15.0)
-            for w in ws:
-                w.wait()
-            if len(got) != len(rids):
-                raise RuntimeError("%s: leases of silent workers not back within dead_after + 15 s" % key)
-            lat = list(got.values())
-            R[key]["kill_deadline_median_s"] = statistics.median(lat)
-            R[key]["kill_deadline_max_s"] = max(lat)
-            log("%s: heartbeat-deadline kill (dead_after %d s) -> lease back: median %.3f s, max %.3f s"
-                % (key, P["deadline_s"], statistics.median(lat), max(lat)))
+                for w in ws:
+                    os.kill(w.pid, signal.SIGKILL)
+                got = wait_released(c, rids, t, P["deadline_s"] + 15.0)
+                for w in ws:
+                    w.wait()
+                if len(got) != len(rids):
+                    raise RuntimeError("%s: leases of silent workers not back within dead_after + 15 s" % key)
+                lat = list(got.values())
+                R[key]["kill_deadline_median_s"] = statistics.median(lat)
+                R[key]["kill_deadline_max_s"] = max(lat)
+                log("%s: heartbeat-deadline kill (dead_after %d s) -> lease back: median %.3f s, max %.3f s"
+                    % (key, P["deadline_s"], statistics.median(lat), max(lat)))
+        guarded(key, "kill -> lease back", one)
     # The seed's design: no session binding; a worker is dead 5 minutes after its
     # last beat (30 s interval) and its lease goes back at the next run of the 60 s
     # cleanup loop. Kill at a uniformly random moment: last beat 15 s before on
@@ -885,9 +905,8 @@ def main():
     if "kills" in only:
         fig_kills(P, R)
     if "reap" in only:
-        if ENV.have_ext:
-            fig_reap_ext(P, R, "ext", ENV.A, "ext")
-            fig_reap_ext(P, R, "extnp", ENV.B, "extnp")
+        for k, cl, db in ENV.sides:
+            guarded(k, "reaping pass", fig_reap_ext, P, R, k, cl, db)
         fig_reap_seed(P, R)
 
     header, lines, verdicts = build_table(P, R)
@@ -911,11 +930,13 @@ def main():
         out.write("quick mode: sizes too small for the goals to mean anything; goals not judged.\n")
     missing = [(k, key) for k in ("ext", "extnp", "seed") for key, *_ in rows_spec(P)
                if ENV.have_ext or k == "seed" if R[k].get(key) is None]
+    for k, err in ENV.side_errors.items():
+        out.write("%s: %s\n" % ({"ext": "extension (preloaded)", "extnp": "extension (not preloaded)"}[k], err))
     out.write("figures missing: %s\n" % (", ".join("%s.%s" % m for m in missing) or "none"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"mode": "quick" if args.quick else "full", "params": P, "results": R,
-                       "have_extension": ENV.have_ext,
+                       "have_extension": ENV.have_ext, "side_errors": ENV.side_errors,
                        "figures": [k for k, *_ in rows_spec(P)], "missing": missing}, f, indent=1)
     log("done")
     return 0
