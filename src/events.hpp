@@ -12,15 +12,15 @@ namespace wh::events
 inline constexpr const char *kChannel = "worker_heartbeat";
 
 struct Event {
-	const char *event;       // started, stopped, died, revived, leases_released, removed, lease_exhausted
-	const char *worker_id;   // may be NULL
-	const char *worker_type; // may be NULL
-	const char *table_name;  // may be NULL
-	int released_count;      // < 0: NULL
-	int64 silent_for_us;     // < 0: NULL
-	int64 latency_us;        // < 0: NULL
-	const char *cause;       // for "died": heartbeat_timeout / session_ended; else NULL
-	const char *reason;      // details.reason, may be NULL
+	const char *event = nullptr;       // started, stopped, died, revived, leases_released, removed, lease_exhausted
+	const char *worker_id = nullptr;   // may be NULL
+	const char *worker_type = nullptr; // may be NULL
+	const char *table_name = nullptr;  // may be NULL
+	int released_count = -1;           // < 0: NULL
+	int64 silent_for_us = -1;          // < 0: NULL
+	int64 latency_us = -1;             // < 0: NULL
+	const char *cause = nullptr;       // for "died": heartbeat_timeout / session_ended
+	const char *reason = nullptr;      // details.reason
 };
 
 class Batch

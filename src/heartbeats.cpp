@@ -256,9 +256,6 @@ void Beat(const HeartbeatArgs &a)
 	events::Event e{};
 	e.worker_id = text_to_cstring(a.worker_id);
 	e.worker_type = text_to_cstring(a.worker_type);
-	e.released_count = -1;
-	e.silent_for_us = -1;
-	e.latency_us = -1;
 	if (prev.inserted || (prev.found && prev.status && strcmp(prev.status, "stopped") == 0 && live)) {
 		e.event = "started";
 		batch->Add(e);
@@ -304,9 +301,6 @@ bool Stop(text *worker_id)
 		e.event = "stopped";
 		e.worker_id = id;
 		e.worker_type = worker_type;
-		e.released_count = -1;
-		e.silent_for_us = -1;
-		e.latency_us = -1;
 		batch->Add(e);
 		leases::Holder holder{id, -1, -1};
 		leases::ReleaseOptions options{&holder, 1, false, true, "worker_stopped"};
@@ -361,9 +355,6 @@ int CleanupStale(const catalog::Extension &ext, int64 threshold_us)
 		e.event = "removed";
 		e.worker_id = spi::ColumnText(i, 1);
 		e.worker_type = spi::ColumnText(i, 2);
-		e.released_count = -1;
-		e.silent_for_us = -1;
-		e.latency_us = -1;
 		batch->Add(e);
 		cache::Forget(MyDatabaseId, e.worker_id, static_cast<int>(strlen(e.worker_id)));
 	}

@@ -59,6 +59,19 @@ int64 IntervalMicroseconds(Datum value)
 	       static_cast<int64>(interval->month) * 30 * USECS_PER_DAY;
 }
 
+// Columns 1-3 of a RETURNING worker_id, worker_type, silence.
+Death ReadDeath(int row, const char *cause)
+{
+	bool isnull = false;
+	Death d{};
+	d.worker_id = spi::ColumnText(row, 1);
+	d.worker_type = spi::ColumnText(row, 2);
+	d.silent_for_us = IntervalMicroseconds(spi::Column(row, 3, &isnull));
+	d.latency_us = -1;
+	d.cause = cause;
+	return d;
+}
+
 void FlushHeartbeats(const catalog::Extension &ext)
 {
 	if (!cache::Available() || !registry::TakeHeartbeatsPending(MyDatabaseId))
@@ -120,16 +133,11 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *d
 	for (uint64 row = 0; row < SPI_processed; ++row) {
 		int r = static_cast<int>(row);
 		bool isnull = false;
-		Death d{};
-		d.worker_id = spi::ColumnText(r, 1);
-		d.worker_type = spi::ColumnText(r, 2);
-		d.silent_for_us = IntervalMicroseconds(spi::Column(r, 3, &isnull));
+		Death d = ReadDeath(r, "session_ended");
 		int32 pid = DatumGetInt32(spi::Column(r, 4, &isnull));
-		d.latency_us = -1;
 		for (int i = 0; i < n; ++i)
 			if (pids[i] == pid && now >= ended[i].ended_at)
 				d.latency_us = now - ended[i].ended_at;
-		d.cause = "session_ended";
 		cache::TryMarkDead(MyDatabaseId, d.worker_id, static_cast<int>(strlen(d.worker_id)), PG_INT64_MAX);
 		deaths->Add(d);
 	}
@@ -203,12 +211,8 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	for (uint64 row = 0; row < SPI_processed; ++row) {
 		int r = static_cast<int>(row);
 		bool isnull = false;
-		Death d{};
-		d.worker_id = spi::ColumnText(r, 1);
-		d.worker_type = spi::ColumnText(r, 2);
-		d.silent_for_us = IntervalMicroseconds(spi::Column(r, 3, &isnull));
+		Death d = ReadDeath(r, "heartbeat_timeout");
 		d.latency_us = IntervalMicroseconds(spi::Column(r, 4, &isnull));
-		d.cause = "heartbeat_timeout";
 		deaths->Add(d);
 	}
 }
@@ -270,7 +274,6 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 		e.event = "died";
 		e.worker_id = d.worker_id;
 		e.worker_type = d.worker_type;
-		e.released_count = -1;
 		e.silent_for_us = d.silent_for_us;
 		e.latency_us = d.latency_us;
 		e.cause = d.cause;
