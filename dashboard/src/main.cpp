@@ -195,7 +195,8 @@ int main(int argc, char** argv) {
   svr.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
     // A page on another site could reach a loopback server through DNS rebinding;
     // only answer requests addressed to this machine by name.
-    if (loopback && !whd::host_header_allowed(req.get_header_value("Host"), port)) {
+    if (loopback &&
+        !whd::host_header_allowed(req.get_header_value("Host"), opt.listen_host, port)) {
       send_error(res, 421, "unexpected Host header");
       return httplib::Server::HandlerResponse::Handled;
     }

@@ -61,10 +61,14 @@ bool is_loopback_host(std::string_view host) {
   return host == "localhost" || host == "::1" || host.substr(0, 4) == "127.";
 }
 
-bool host_header_allowed(std::string_view host_header, int port) {
+bool host_header_allowed(std::string_view host_header, std::string_view listen_host, int port) {
   const std::string p = std::to_string(port);
-  for (const char* h : {"localhost", "127.0.0.1", "[::1]"}) {
-    if (host_header == h || host_header == std::string(h) + ":" + p) return true;
+  const std::string listen = listen_host.find(':') != std::string_view::npos
+                                 ? "[" + std::string(listen_host) + "]"
+                                 : std::string(listen_host);
+  for (const std::string& h :
+       {std::string("localhost"), std::string("127.0.0.1"), std::string("[::1]"), listen}) {
+    if (host_header == h || host_header == h + ":" + p) return true;
   }
   return false;
 }

@@ -34,8 +34,9 @@ bool parse_listen(std::string_view spec, std::string& host, int& port, std::stri
 bool is_loopback_host(std::string_view host);
 
 // Whether a request's Host header names this server (DNS-rebinding guard for a
-// loopback listener): localhost, 127.0.0.1 or [::1] with the listening port.
-bool host_header_allowed(std::string_view host_header, int port);
+// loopback listener): localhost, 127.0.0.1, [::1] or the listening address,
+// with or without the listening port.
+bool host_header_allowed(std::string_view host_header, std::string_view listen_host, int port);
 
 // JSON string literal (with the quotes). Invalid UTF-8 becomes U+FFFD.
 std::string json_quote(std::string_view s);

@@ -75,14 +75,17 @@ TEST(Listen, Forms) {
 }
 
 TEST(HostHeader, OnlyThisMachine) {
-  EXPECT_TRUE(host_header_allowed("127.0.0.1:8080", 8080));
-  EXPECT_TRUE(host_header_allowed("localhost:8080", 8080));
-  EXPECT_TRUE(host_header_allowed("[::1]:8080", 8080));
-  EXPECT_TRUE(host_header_allowed("localhost", 8080));
-  EXPECT_FALSE(host_header_allowed("127.0.0.1:8081", 8080));
-  EXPECT_FALSE(host_header_allowed("evil.example:8080", 8080));
-  EXPECT_FALSE(host_header_allowed("localhost.evil.example:8080", 8080));
-  EXPECT_FALSE(host_header_allowed("", 8080));
+  EXPECT_TRUE(host_header_allowed("127.0.0.1:8080", "127.0.0.1", 8080));
+  EXPECT_TRUE(host_header_allowed("localhost:8080", "127.0.0.1", 8080));
+  EXPECT_TRUE(host_header_allowed("[::1]:8080", "127.0.0.1", 8080));
+  EXPECT_TRUE(host_header_allowed("localhost", "127.0.0.1", 8080));
+  EXPECT_TRUE(host_header_allowed("127.0.0.2:8080", "127.0.0.2", 8080));  // the listen address
+  EXPECT_TRUE(host_header_allowed("[::1]:9", "::1", 9));
+  EXPECT_FALSE(host_header_allowed("127.0.0.2:8080", "127.0.0.1", 8080));
+  EXPECT_FALSE(host_header_allowed("127.0.0.1:8081", "127.0.0.1", 8080));
+  EXPECT_FALSE(host_header_allowed("evil.example:8080", "127.0.0.1", 8080));
+  EXPECT_FALSE(host_header_allowed("localhost.evil.example:8080", "127.0.0.1", 8080));
+  EXPECT_FALSE(host_header_allowed("", "127.0.0.1", 8080));
 }
 
 TEST(Json, Escapes) {
