@@ -261,6 +261,12 @@ def setup_databases(P):
                     c.execute("SELECT pm_pipeline.register_lease_table("
                               "'pm_pipeline.company_research_queue'::regclass, 'claimed_by', "
                               "'lease_expires_at', '{\"state\": \"pending\"}'::jsonb)")
+                    # worker types are configured once, up front, as an operator would
+                    for wtype, dead_after in (("killable", "1 hour"), ("reap_live", "1 hour"),
+                                              ("reap_doomed", "1 hour"),
+                                              ("deadline", "%d seconds" % P["deadline_s"])):
+                        c.execute("SELECT pm_pipeline.set_worker_type_dead_after(%s, %s::interval)",
+                                  (wtype, dead_after))
                 ENV.sides.append((key, cl, db))
                 log("extension created in %s/%s" % (cl.name, db))
             except psycopg.Error as e:
@@ -519,8 +525,6 @@ def fig_reap_ext(P, R, key, cl, db):
             c.execute("SELECT pm_pipeline.stop_reaper()")
         except psycopg.Error as e:
             log("%s: stop_reaper failed: %s" % (key, e))
-        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_live', '1 hour')")
-        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
         # each table gets rows g in [k*per+1, (k+1)*per]; global numbering lets us
         # map rows to workers: 10 leased rows per worker at 100k/1M
         for k, t in enumerate(reap_tables(P)):
@@ -669,9 +673,6 @@ def fig_kills(P, R):
         def one(key=key, cl=cl, db=db):
             reset_queue(cl, db, 1000)
             with cl.connect(db) as c:
-                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('killable', '1 hour')")
-                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('deadline', %s::interval)",
-                          ("%d seconds" % P["deadline_s"],))
                 lat = []
                 for i in range(P["kills"]):
                     rid = i + 1
