@@ -61,16 +61,22 @@ for my $f (qw(package.json package-lock.json dashboard-test.mjs))
 {
 	copy("$repo/dashboard/browser/$f", "$browser_dir/$f") or die "copy $f: $!";
 }
-if (-d "$repo/dashboard/browser/node_modules/playwright-core")
+# node_modules: $WHD_NODE_MODULES, else dashboard/browser's (after `npm ci`
+# there), else `npm ci` here from the lockfile.
+my $modules = $ENV{WHD_NODE_MODULES} // "$repo/dashboard/browser/node_modules";
+if (-d "$modules/playwright-core")
 {
-	symlink("$repo/dashboard/browser/node_modules", "$browser_dir/node_modules")
+	symlink($modules, "$browser_dir/node_modules")
 	  unless -e "$browser_dir/node_modules";
 }
 else
 {
 	my $rc = system("cd '$browser_dir' && npm ci --no-audit --no-fund >'$work/npm.log' 2>&1");
 	ok($rc == 0, 'npm ci installs playwright-core from the lockfile')
-	  or diag(slurp_file("$work/npm.log")), BAIL_OUT('npm ci failed');
+	  or diag(slurp_file("$work/npm.log")
+		  . "\nIf npm cannot reach the registry here (e.g. inside a chroot without the host's CA"
+		  . " bundle), run `npm ci` in dashboard/browser beforehand or set WHD_NODE_MODULES."),
+	  BAIL_OUT('npm ci failed');
 }
 
 # --- the cluster ---
