@@ -18,29 +18,14 @@ extern "C" {
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_index.h"
 #include "utils/syscache.h"
+#include "commands/async.h"
 }
 
-namespace wh::leases {
+namespace wh::leases
+{
 
-namespace {
-
-struct Assignment {
-	const char *column;      // quoted
-	const char *type;        // format_type_with_typemod
-	const char *value;       // text, NULL for SQL NULL
-};
-
-struct Table {
-	Oid relid;
-	bool exists;
-	Oid owner;
-	const char *label;          // current qualified name, or the name it was registered under
-	const char *qualified;      // quoted schema.table
-	const char *worker_column;  // quoted
-	const char *expires_column; // quoted
-	Assignment *assignments;
-	int assignment_count;
-};
+namespace
+{
 
 bool IsTextLike(Oid type)
 {
@@ -66,15 +51,42 @@ const char *QualifiedName(Oid relid)
 	return quote_qualified_identifier(schema, name);
 }
 
-// Loads every registration, with its assignments, in one statement.
-Table *LoadTables(const catalog::Extension &ext, int *count)
+Oid LeaseTablesRelid(const catalog::Extension &ext)
 {
-	char *sql = psprintf("SELECT l.table_name::pg_catalog.oid, l.worker_column::pg_catalog.text, "
-	                     "l.expires_column::pg_catalog.text, l.registered_as, a.key, a.value OPERATOR(pg_catalog.#>>) '{}' "
-	                     "FROM %s l LEFT JOIN LATERAL pg_catalog.jsonb_each(l.on_release) a ON true "
-	                     "ORDER BY 1, a.key",
-	                     catalog::Qualified(ext, "lease_tables"));
-	spi::Run(spi::Plan(sql, 0, nullptr), nullptr, nullptr, true);
+	return get_relname_relid("lease_tables", ext.schema);
+}
+
+// The 1.1 columns of lease_tables exist (the same library serves a 1.0 catalog).
+bool CatalogHasFencing(const catalog::Extension &ext)
+{
+	Oid relid = LeaseTablesRelid(ext);
+	return relid != InvalidOid && get_attnum(relid, "token_column") != InvalidAttrNumber;
+}
+
+const char *QuotedOrNull(const char *name)
+{
+	return name ? quote_identifier(name) : nullptr;
+}
+
+// Loads every registration (or only relid's), with its assignments, in one statement.
+Table *LoadTables(const catalog::Extension &ext, int *count, Oid only = InvalidOid)
+{
+	bool fenced = CatalogHasFencing(ext);
+	char *sql = psprintf(
+	    "SELECT l.table_name::pg_catalog.oid, l.worker_column::pg_catalog.text, "
+	    "l.expires_column::pg_catalog.text, l.registered_as, a.key, a.value OPERATOR(pg_catalog.#>>) '{}', a.kind, %s "
+	    "FROM %s l LEFT JOIN LATERAL ("
+	    " SELECT 'r'::pg_catalog.text AS kind, e.key, e.value FROM pg_catalog.jsonb_each(l.on_release) e"
+	    " UNION ALL SELECT 'x'::pg_catalog.text, e.key, e.value FROM pg_catalog.jsonb_each(%s) e) a ON true %s "
+	    "ORDER BY 1, a.kind, a.key",
+	    fenced ? "l.token_column::pg_catalog.text, l.attempts_column::pg_catalog.text, "
+	             "l.order_column::pg_catalog.text, l.max_attempts"
+	           : "NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.int4",
+	    catalog::Qualified(ext, "lease_tables"), fenced ? "l.on_exhausted" : "'{}'::pg_catalog.jsonb",
+	    only != InvalidOid ? "WHERE l.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "");
+	Oid types[1] = {OIDOID};
+	Datum values[1] = {ObjectIdGetDatum(only)};
+	spi::Run(spi::Plan(sql, only != InvalidOid ? 1 : 0, types), values, nullptr, true);
 	int rows = static_cast<int>(SPI_processed);
 	auto *tables = static_cast<Table *>(palloc0(sizeof(Table) * (rows > 0 ? rows : 1)));
 	int n = 0;
@@ -91,14 +103,22 @@ Table *LoadTables(const catalog::Extension &ext, int *count)
 			t.qualified = current;
 			t.worker_column = quote_identifier(spi::ColumnText(row, 2));
 			t.expires_column = quote_identifier(spi::ColumnText(row, 3));
+			t.token_column = QuotedOrNull(spi::ColumnText(row, 8));
+			t.attempts_column = QuotedOrNull(spi::ColumnText(row, 9));
+			t.order_column = QuotedOrNull(spi::ColumnText(row, 10));
+			bool max_null = true;
+			Datum max = spi::Column(row, 11, &max_null);
+			t.max_attempts = max_null ? 0 : DatumGetInt32(max);
 			t.assignments = static_cast<Assignment *>(palloc0(sizeof(Assignment) * rows));
+			t.exhausted = static_cast<Assignment *>(palloc0(sizeof(Assignment) * rows));
 		}
 		Table &t = tables[n - 1];
 		char *key = spi::ColumnText(row, 5);
 		if (!key || !t.exists)
 			continue;
+		bool exhausted = strcmp(spi::ColumnText(row, 7), "x") == 0;
 		AttrNumber attnum = get_attnum(relid, key);
-		Assignment &a = t.assignments[t.assignment_count++];
+		Assignment &a = exhausted ? t.exhausted[t.exhausted_count++] : t.assignments[t.assignment_count++];
 		a.column = quote_identifier(key);
 		// A column dropped since registration makes the statement fail, and
 		// the table is reported and skipped like any other failure.
@@ -109,14 +129,56 @@ Table *LoadTables(const catalog::Extension &ext, int *count)
 	return tables;
 }
 
-// SET list shared by both release statements: parameters from $2 on.
+bool CanExhaust(const Table &t)
+{
+	return t.attempts_column && t.max_attempts > 0;
+}
+
+const Assignment *FindAssignment(const Assignment *list, int count, const char *column)
+{
+	for (int i = 0; i < count; ++i)
+		if (strcmp(list[i].column, column) == 0)
+			return &list[i];
+	return nullptr;
+}
+
+// Parameters of a release statement: $1 the holders, then the on_release
+// values, then the on_exhausted values, then max_attempts.
+int ExhaustedParam(const Table &t)
+{
+	return 2 + t.assignment_count + t.exhausted_count;
+}
+
+// SET list shared by both release statements. A row released on its last
+// attempt (a poison pill) gets on_exhausted instead of on_release.
 char *ReleaseSetList(const Table &t)
 {
 	StringInfoData set;
 	initStringInfo(&set);
 	appendStringInfo(&set, "%s = NULL, %s = NULL", t.worker_column, t.expires_column);
-	for (int i = 0; i < t.assignment_count; ++i)
-		appendStringInfo(&set, ", %s = CAST($%d AS %s)", t.assignments[i].column, i + 2, t.assignments[i].type);
+	if (!CanExhaust(t)) {
+		for (int i = 0; i < t.assignment_count; ++i)
+			appendStringInfo(&set, ", %s = CAST($%d AS %s)", t.assignments[i].column, i + 2, t.assignments[i].type);
+		return set.data;
+	}
+	const char *exhausted = psprintf("(t.%s IS NOT NULL AND t.%s OPERATOR(pg_catalog.>=) $%d)", t.worker_column,
+	                                 t.attempts_column, ExhaustedParam(t));
+	for (int i = 0; i < t.assignment_count; ++i) {
+		const Assignment &a = t.assignments[i];
+		const Assignment *x = FindAssignment(t.exhausted, t.exhausted_count, a.column);
+		const char *when_exhausted =
+		    x ? psprintf("CAST($%d AS %s)", static_cast<int>(2 + t.assignment_count + (x - t.exhausted)), x->type)
+		      : psprintf("t.%s", a.column);
+		appendStringInfo(&set, ", %s = CASE WHEN %s THEN %s ELSE CAST($%d AS %s) END", a.column, exhausted,
+		                 when_exhausted, i + 2, a.type);
+	}
+	for (int i = 0; i < t.exhausted_count; ++i) {
+		const Assignment &x = t.exhausted[i];
+		if (FindAssignment(t.assignments, t.assignment_count, x.column))
+			continue;
+		appendStringInfo(&set, ", %s = CASE WHEN %s THEN CAST($%d AS %s) ELSE t.%s END", x.column, exhausted,
+		                 2 + t.assignment_count + i, x.type, x.column);
+	}
 	return set.data;
 }
 
@@ -125,13 +187,17 @@ char *ReleaseStatement(const Table &t, bool by_worker)
 	const char *condition = by_worker
 	                            ? psprintf("s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)", t.worker_column)
 	                            : psprintf("s.%s OPERATOR(pg_catalog.<) pg_catalog.now()", t.expires_column);
+	const char *exhausted = CanExhaust(t) ? psprintf("(s.%s IS NOT NULL AND s.%s OPERATOR(pg_catalog.>=) $%d)",
+	                                                 t.worker_column, t.attempts_column, ExhaustedParam(t))
+	                                      : "false";
 	return psprintf("WITH picked AS MATERIALIZED ("
-	                " SELECT s.ctid AS row_ctid, s.%s::pg_catalog.text AS holder FROM %s s WHERE %s"
+	                " SELECT s.ctid AS row_ctid, s.%s::pg_catalog.text AS holder, %s AS exhausted FROM %s s WHERE %s"
 	                " FOR UPDATE OF s SKIP LOCKED),"
 	                " released AS (UPDATE %s t SET %s"
 	                " WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT row_ctid FROM picked)) RETURNING 1)"
-	                " SELECT holder, pg_catalog.count(*)::pg_catalog.int4 FROM picked GROUP BY holder",
-	                t.worker_column, t.qualified, condition, t.qualified, ReleaseSetList(t));
+	                " SELECT holder, pg_catalog.count(*)::pg_catalog.int4,"
+	                " (pg_catalog.count(*) FILTER (WHERE exhausted))::pg_catalog.int4 FROM picked GROUP BY holder",
+	                t.worker_column, exhausted, t.qualified, condition, t.qualified, ReleaseSetList(t));
 }
 
 const Holder *FindHolder(const ReleaseOptions &options, const char *worker_id)
@@ -142,19 +208,34 @@ const Holder *FindHolder(const ReleaseOptions &options, const char *worker_id)
 	return nullptr;
 }
 
-int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptions &options, events::Batch *batch)
+void FillAssignmentParams(const Assignment *list, int count, Oid *types, Datum *values, char *nulls)
 {
-	int nargs = 1 + t.assignment_count;
+	for (int i = 0; i < count; ++i) {
+		types[i] = TEXTOID;
+		values[i] = list[i].value ? CStringGetTextDatum(list[i].value) : (Datum)0;
+		nulls[i] = list[i].value ? ' ' : 'n';
+	}
+}
+
+// Returns the number of leases released; *requeued counts those that went
+// back to the queue (held by someone, not exhausted).
+int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptions &options, events::Batch *batch,
+               int *requeued)
+{
+	int nargs = 1 + t.assignment_count + (CanExhaust(t) ? t.exhausted_count + 1 : 0);
 	auto *types = static_cast<Oid *>(palloc(sizeof(Oid) * nargs));
 	auto *values = static_cast<Datum *>(palloc(sizeof(Datum) * nargs));
 	auto *nulls = static_cast<char *>(palloc(nargs + 1));
 	types[0] = TEXTARRAYOID;
 	values[0] = holders;
 	nulls[0] = holders == (Datum)0 ? 'n' : ' ';
-	for (int i = 0; i < t.assignment_count; ++i) {
-		types[i + 1] = TEXTOID;
-		values[i + 1] = t.assignments[i].value ? CStringGetTextDatum(t.assignments[i].value) : (Datum)0;
-		nulls[i + 1] = t.assignments[i].value ? ' ' : 'n';
+	FillAssignmentParams(t.assignments, t.assignment_count, types + 1, values + 1, nulls + 1);
+	if (CanExhaust(t)) {
+		int x = 1 + t.assignment_count;
+		FillAssignmentParams(t.exhausted, t.exhausted_count, types + x, values + x, nulls + x);
+		types[nargs - 1] = INT4OID;
+		values[nargs - 1] = Int32GetDatum(t.max_attempts);
+		nulls[nargs - 1] = ' ';
 	}
 	nulls[nargs] = '\0';
 	spi::Run(spi::Plan(ReleaseStatement(t, by_worker), nargs, types), values, nulls, false);
@@ -163,9 +244,11 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		char *holder = spi::ColumnText(static_cast<int>(row), 1);
 		bool isnull = false;
 		int count = DatumGetInt32(spi::Column(static_cast<int>(row), 2, &isnull));
+		int exhausted = DatumGetInt32(spi::Column(static_cast<int>(row), 3, &isnull));
 		released += count;
 		if (!holder && !by_worker)
 			continue; // an expired deadline on a row nobody held: cleared, not an event
+		*requeued += count - exhausted;
 		const Holder *h = FindHolder(options, holder);
 		events::Event e{};
 		e.event = "leases_released";
@@ -176,6 +259,13 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		e.latency_us = h ? h->latency_us : -1;
 		e.reason = by_worker ? options.reason : "lease_expired";
 		batch->Add(e);
+		if (exhausted > 0) {
+			e.event = "lease_exhausted";
+			e.released_count = exhausted;
+			e.silent_for_us = -1;
+			e.latency_us = -1;
+			batch->Add(e);
+		}
 	}
 	return released;
 }
@@ -195,19 +285,21 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 		char timeout[32];
 		snprintf(timeout, sizeof timeout, "%dms", settings::pass_lock_timeout_ms);
 		(void)set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-		                        true, 0, false);
+		(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+		                        0, false);
 		Oid saved_user = InvalidOid;
 		int saved_context = 0;
 		GetUserIdAndSecContext(&saved_user, &saved_context);
 		// Triggers on the user's table run as its owner, never as us.
-		SetUserIdAndSecContext(t.owner,
-		                       saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		SetUserIdAndSecContext(t.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 		int n = 0;
+		int requeued = 0;
 		if (holders != (Datum)0)
-			n += RunRelease(t, true, holders, options, batch);
+			n += RunRelease(t, true, holders, options, batch, &requeued);
 		if (options.expired)
-			n += RunRelease(t, false, holders, options, batch);
+			n += RunRelease(t, false, holders, options, batch, &requeued);
+		if (requeued > 0)
+			NotifyQueue(t.relid, requeued);
 		released = n;
 		SetUserIdAndSecContext(saved_user, saved_context);
 		AtEOXact_GUC(true, nest);
@@ -245,9 +337,9 @@ bool FirstReportOfMissing(Oid relid)
 	for (int i = 0; i < reported_missing_count; ++i)
 		if (reported_missing[i] == relid)
 			return false;
-	reported_missing = static_cast<Oid *>(
-	    reported_missing ? repalloc(reported_missing, sizeof(Oid) * (reported_missing_count + 1))
-	                     : MemoryContextAlloc(TopMemoryContext, sizeof(Oid)));
+	reported_missing =
+	    static_cast<Oid *>(reported_missing ? repalloc(reported_missing, sizeof(Oid) * (reported_missing_count + 1))
+	                                        : MemoryContextAlloc(TopMemoryContext, sizeof(Oid)));
 	reported_missing[reported_missing_count++] = relid;
 	return true;
 }
@@ -262,22 +354,56 @@ Datum HolderArray(const ReleaseOptions &options)
 	return PointerGetDatum(construct_array(ids, options.holder_count, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+struct AssignmentContext {
+	const char *parameter;
+	const char *column;
+};
+
 void ErrorContextForAssignment(void *arg)
 {
-	errcontext("checking p_on_release for column \"%s\"", static_cast<const char *>(arg));
+	auto *context = static_cast<AssignmentContext *>(arg);
+	errcontext("checking %s for column \"%s\"", context->parameter, context->column);
+}
+
+// A JSON value as the text a cast to the column's type reads; NULL for null.
+const char *JsonValueText(const JsonbValue &value)
+{
+	switch (value.type) {
+	case jbvNull:
+		return nullptr;
+	case jbvString:
+		return pnstrdup(value.val.string.val, value.val.string.len);
+	case jbvNumeric:
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(value.val.numeric)));
+	case jbvBool:
+		return value.val.boolean ? "true" : "false";
+	default:
+		return JsonbToCString(nullptr, value.val.binary.data, value.val.binary.len);
+	}
+}
+
+// "worker_heartbeat:<schema>.<table>", NULL when the table is gone.
+const char *QueueChannel(Oid relid)
+{
+	char *schema = get_namespace_name(get_rel_namespace(relid));
+	char *name = get_rel_name(relid);
+	if (!schema || !name)
+		return nullptr;
+	return psprintf("%s:%s.%s", events::kChannel, schema, name);
 }
 
 // The cast a release will apply, tried now: a value that does not cast is
 // refused at registration rather than at every pass.
-void CheckAssignment(Oid relid, const char *column, const char *value, AttrNumber attnum)
+void CheckAssignment(Oid relid, const char *column, const char *value, AttrNumber attnum, const char *parameter)
 {
+	AssignmentContext context{parameter, column};
 	Oid type = InvalidOid;
 	int32 typmod = -1;
 	Oid collation = InvalidOid;
 	get_atttypetypmodcoll(relid, attnum, &type, &typmod, &collation);
 	ErrorContextCallback callback;
 	callback.callback = ErrorContextForAssignment;
-	callback.arg = const_cast<char *>(column);
+	callback.arg = &context;
 	callback.previous = error_context_stack;
 	error_context_stack = &callback;
 	if (value) {
@@ -292,7 +418,7 @@ void CheckAssignment(Oid relid, const char *column, const char *value, AttrNumbe
 			ReleaseSysCache(tuple);
 		if (not_null)
 			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-			                errmsg("p_on_release sets column \"%s\" to null, but it is NOT NULL", column)));
+			                errmsg("%s sets column \"%s\" to null, but it is NOT NULL", parameter, column)));
 	}
 	error_context_stack = callback.previous;
 }
@@ -353,48 +479,81 @@ void Register(const catalog::Extension &ext, const Registration &r)
 	AttrNumber expires_attnum = RequireColumn(relid, r.expires_column, "p_expires_column");
 	if (get_atttype(relid, expires_attnum) != TIMESTAMPTZOID)
 		ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
-		                errmsg("column \"%s\" of table %s has type %s, not timestamp with time zone",
-		                       r.expires_column, name, format_type_be(get_atttype(relid, expires_attnum))),
+		                errmsg("column \"%s\" of table %s has type %s, not timestamp with time zone", r.expires_column,
+		                       name, format_type_be(get_atttype(relid, expires_attnum))),
 		                errhint("The expires column holds the lease deadline: use timestamptz.")));
 	if (worker_attnum == expires_attnum)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("the worker column and the expires column must differ")));
 
-	// p_on_release: an object of column -> value, each value castable now.
-	JsonbIterator *it = JsonbIteratorInit(&r.on_release->root);
-	JsonbValue value;
-	JsonbIteratorToken token = JsonbIteratorNext(&it, &value, false);
-	if (token != WJB_BEGIN_OBJECT)
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("p_on_release must be a JSON object"),
-		                errhint("For example '{\"state\": \"pending\"}'.")));
-	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE) {
-		if (token != WJB_KEY)
+	// 1.1: token, attempts and order columns, the attempt limit.
+	AttrNumber token_attnum = InvalidAttrNumber;
+	AttrNumber attempts_attnum = InvalidAttrNumber;
+	if (r.token_column) {
+		token_attnum = RequireColumn(relid, r.token_column, "p_token_column");
+		if (get_atttype(relid, token_attnum) != INT8OID)
+			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+			                errmsg("column \"%s\" of table %s has type %s, not bigint", r.token_column, name,
+			                       format_type_be(get_atttype(relid, token_attnum))),
+			                errhint("The token column holds lease tokens from a bigint sequence: use bigint.")));
+	}
+	if (r.attempts_column) {
+		attempts_attnum = RequireColumn(relid, r.attempts_column, "p_attempts_column");
+		Oid type = get_atttype(relid, attempts_attnum);
+		if (type != INT4OID && type != INT8OID)
+			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+			                errmsg("column \"%s\" of table %s has type %s, not integer", r.attempts_column, name,
+			                       format_type_be(type)),
+			                errhint("The attempts column counts claims: use integer or bigint.")));
+	}
+	if (r.order_column)
+		(void)RequireColumn(relid, r.order_column, "p_order_column");
+	AttrNumber managed[4] = {worker_attnum, expires_attnum, token_attnum, attempts_attnum};
+	for (int i = 0; i < 4; ++i)
+		for (int k = i + 1; k < 4; ++k)
+			if (managed[i] != InvalidAttrNumber && managed[i] == managed[k])
+				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				                errmsg("the worker, expires, token and attempts columns must differ")));
+	if (r.has_max_attempts && r.max_attempts <= 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("p_max_attempts must be positive, not %d", r.max_attempts)));
+	if (r.max_attempts > 0 && !r.attempts_column)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("p_max_attempts needs an attempts column"),
+		                errhint("Name the column that counts claims with p_attempts_column.")));
+	if (r.on_exhausted && r.max_attempts == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("p_on_exhausted needs p_max_attempts"),
+		                errhint("on_exhausted is applied when a lease is released on its last attempt.")));
+
+	// p_on_release and p_on_exhausted: objects of column -> value, each value castable now.
+	for (int pass = 0; pass < 2; ++pass) {
+		Jsonb *object = pass == 0 ? r.on_release : r.on_exhausted;
+		const char *parameter = pass == 0 ? "p_on_release" : "p_on_exhausted";
+		if (!object)
 			continue;
-		char *column = pnstrdup(value.val.string.val, value.val.string.len);
-		token = JsonbIteratorNext(&it, &value, true);
-		AttrNumber attnum = RequireColumn(relid, column, "the keys of p_on_release");
-		if (attnum == worker_attnum || attnum == expires_attnum)
-			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			                errmsg("p_on_release cannot assign column \"%s\"", column),
-			                errdetail("Releasing a lease always sets the worker and expires columns to NULL.")));
-		const char *text = nullptr;
-		switch (value.type) {
-		case jbvNull:
-			break;
-		case jbvString:
-			text = pnstrdup(value.val.string.val, value.val.string.len);
-			break;
-		case jbvNumeric:
-			text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(value.val.numeric)));
-			break;
-		case jbvBool:
-			text = value.val.boolean ? "true" : "false";
-			break;
-		default:
-			text = JsonbToCString(nullptr, value.val.binary.data, value.val.binary.len);
-			break;
+		JsonbIterator *it = JsonbIteratorInit(&object->root);
+		JsonbValue value;
+		JsonbIteratorToken token = JsonbIteratorNext(&it, &value, false);
+		if (token != WJB_BEGIN_OBJECT || JB_ROOT_IS_SCALAR(object))
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s must be a JSON object", parameter),
+			                errhint(pass == 0 ? "For example '{\"state\": \"pending\"}'."
+			                                  : "For example '{\"state\": \"failed\"}'.")));
+		while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE) {
+			if (token != WJB_KEY)
+				continue;
+			char *column = pnstrdup(value.val.string.val, value.val.string.len);
+			token = JsonbIteratorNext(&it, &value, true);
+			AttrNumber attnum =
+			    RequireColumn(relid, column, pass == 0 ? "the keys of p_on_release" : "the keys of p_on_exhausted");
+			if (attnum == worker_attnum || attnum == expires_attnum)
+				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				                errmsg("%s cannot assign column \"%s\"", parameter, column),
+				                errdetail("Releasing a lease always sets the worker and expires columns to NULL.")));
+			if (attnum == token_attnum || attnum == attempts_attnum)
+				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				                errmsg("%s cannot assign column \"%s\"", parameter, column),
+				                errdetail("The token and attempts columns are kept by the fencing functions.")));
+			CheckAssignment(relid, column, JsonValueText(value), attnum, parameter);
 		}
-		CheckAssignment(relid, column, text, attnum);
 	}
 
 	Oid check_types[1] = {OIDOID};
@@ -406,21 +565,105 @@ void Register(const catalog::Extension &ext, const Registration &r)
 		ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("table %s is already registered", name),
 		                errhint("Call unregister_lease_table() first to change its registration.")));
 
-	Oid insert_types[5] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID};
-	Datum insert_values[5] = {ObjectIdGetDatum(relid), CStringGetTextDatum(r.worker_column),
-	                          CStringGetTextDatum(r.expires_column), JsonbPGetDatum(r.on_release),
-	                          CStringGetTextDatum(name)};
-	char *insert_sql = psprintf("INSERT INTO %s (table_name, worker_column, expires_column, on_release, registered_as) "
-	                            "VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)",
-	                            catalog::Qualified(ext, "lease_tables"));
-	spi::Run(spi::Plan(insert_sql, 5, insert_types), insert_values, nullptr, false);
+	if (!r.fenced_signature) {
+		Oid insert_types[5] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID};
+		Datum insert_values[5] = {ObjectIdGetDatum(relid), CStringGetTextDatum(r.worker_column),
+		                          CStringGetTextDatum(r.expires_column), JsonbPGetDatum(r.on_release),
+		                          CStringGetTextDatum(name)};
+		char *insert_sql =
+		    psprintf("INSERT INTO %s (table_name, worker_column, expires_column, on_release, registered_as) "
+		             "VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5)",
+		             catalog::Qualified(ext, "lease_tables"));
+		spi::Run(spi::Plan(insert_sql, 5, insert_types), insert_values, nullptr, false);
+	} else {
+		Oid insert_types[10] = {OIDOID,  TEXTOID, TEXTOID, JSONBOID, TEXTOID,
+		                        TEXTOID, TEXTOID, TEXTOID, INT4OID,  JSONBOID};
+		Datum insert_values[10] = {ObjectIdGetDatum(relid),
+		                           CStringGetTextDatum(r.worker_column),
+		                           CStringGetTextDatum(r.expires_column),
+		                           JsonbPGetDatum(r.on_release),
+		                           CStringGetTextDatum(name),
+		                           r.token_column ? CStringGetTextDatum(r.token_column) : (Datum)0,
+		                           r.attempts_column ? CStringGetTextDatum(r.attempts_column) : (Datum)0,
+		                           r.order_column ? CStringGetTextDatum(r.order_column) : (Datum)0,
+		                           Int32GetDatum(r.max_attempts),
+		                           r.on_exhausted ? JsonbPGetDatum(r.on_exhausted) : (Datum)0};
+		char insert_nulls[11] = "          ";
+		insert_nulls[5] = r.token_column ? ' ' : 'n';
+		insert_nulls[6] = r.attempts_column ? ' ' : 'n';
+		insert_nulls[7] = r.order_column ? ' ' : 'n';
+		insert_nulls[8] = r.max_attempts > 0 ? ' ' : 'n';
+		insert_nulls[9] = r.on_exhausted ? ' ' : 'n';
+		char *insert_sql = psprintf(
+		    "INSERT INTO %s (table_name, worker_column, expires_column, on_release, registered_as, token_column, "
+		    "attempts_column, order_column, max_attempts, on_exhausted) "
+		    "VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+		    catalog::Qualified(ext, "lease_tables"));
+		spi::Run(spi::Plan(insert_sql, 10, insert_types), insert_values, insert_nulls, false);
+	}
 
 	for (auto [attnum, column] : {std::pair<AttrNumber, const char *>{worker_attnum, r.worker_column},
-	                              {expires_attnum, r.expires_column}})
-		if (!HasIndexLedBy(relid, attnum))
+	                              {expires_attnum, r.expires_column},
+	                              {token_attnum, r.token_column}})
+		if (attnum != InvalidAttrNumber && !HasIndexLedBy(relid, attnum))
 			ereport(NOTICE, (errmsg("table %s has no index on column \"%s\"", name, column),
-			                 errdetail("Every reaping pass will scan the whole table."),
+			                 errdetail(attnum == token_attnum ? "Every extend, complete, fail and check will scan "
+			                                                    "the whole table."
+			                                                  : "Every reaping pass will scan the whole table."),
 			                 errhint("CREATE INDEX ON %s (%s);", name, quote_identifier(column))));
+	if (r.token_column && strlen(QueueChannel(relid)) >= NAMEDATALEN)
+		ereport(NOTICE, (errmsg("the name of table %s is too long for its NOTIFY channel", name),
+		                 errdetail("Channel names are limited to %d bytes: nothing is sent on \"%s\".", NAMEDATALEN - 1,
+		                           QueueChannel(relid))));
+}
+
+const Table *FindTable(const catalog::Extension &ext, Oid relid)
+{
+	// lease_tables is ours: read it as its owner, whoever calls.
+	Oid saved_user = InvalidOid;
+	int saved_context = 0;
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	Oid owner = catalog::RelationOwner(LeaseTablesRelid(ext));
+	if (owner != InvalidOid)
+		SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+	int count = 0;
+	Table *tables = LoadTables(ext, &count, relid);
+	SetUserIdAndSecContext(saved_user, saved_context);
+	return count > 0 ? &tables[0] : nullptr;
+}
+
+Assignment *ParseAssignments(Oid relid, Jsonb *object, const char *parameter, int *count)
+{
+	*count = 0;
+	if (!JB_ROOT_IS_OBJECT(object))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s must be a JSON object", parameter),
+		                errhint("For example '{\"state\": \"pending\"}'.")));
+	int capacity = JB_ROOT_COUNT(object);
+	auto *list = static_cast<Assignment *>(palloc0(sizeof(Assignment) * (capacity > 0 ? capacity : 1)));
+	JsonbIterator *it = JsonbIteratorInit(&object->root);
+	JsonbValue value;
+	JsonbIteratorToken token;
+	const char *hint = psprintf("the keys of %s", parameter);
+	while ((token = JsonbIteratorNext(&it, &value, true)) != WJB_DONE) {
+		if (token != WJB_KEY)
+			continue;
+		char *column = pnstrdup(value.val.string.val, value.val.string.len);
+		token = JsonbIteratorNext(&it, &value, true);
+		AttrNumber attnum = RequireColumn(relid, column, hint);
+		Assignment &a = list[(*count)++];
+		a.column = quote_identifier(column);
+		a.type = ColumnType(relid, attnum);
+		a.value = JsonValueText(value);
+	}
+	return list;
+}
+
+void NotifyQueue(Oid relid, int count)
+{
+	const char *channel = QueueChannel(relid);
+	if (!channel || strlen(channel) >= NAMEDATALEN)
+		return;
+	Async_Notify(channel, psprintf("{\"event\":\"leases_released\",\"count\":%d}", count));
 }
 
 bool Unregister(const catalog::Extension &ext, Oid relid)

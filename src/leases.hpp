@@ -14,13 +14,63 @@
 #include "events.hpp"
 #include "pg.hpp"
 
-namespace wh::leases {
+namespace wh::leases
+{
+
+// SQLSTATE WH001: a lease token that no longer holds its row.
+#define WH_ERRCODE_STALE_LEASE_TOKEN MAKE_SQLSTATE('W', 'H', '0', '0', '1')
+
+struct Assignment {
+	const char *column; // quoted
+	const char *type;   // format_type_with_typemod
+	const char *value;  // text, NULL for SQL NULL
+};
+
+// One registration, as loaded from lease_tables (identifiers quoted).
+struct Table {
+	Oid relid;
+	bool exists;
+	Oid owner;
+	const char *label;           // current qualified name, or the name it was registered under
+	const char *qualified;       // quoted schema.table
+	const char *worker_column;   // quoted
+	const char *expires_column;  // quoted
+	const char *token_column;    // quoted, NULL: none (or a 1.0 catalog)
+	const char *attempts_column; // quoted, NULL: none
+	const char *order_column;    // quoted, NULL: none
+	int32 max_attempts;          // 0: no limit
+	Assignment *assignments;     // on_release
+	int assignment_count;
+	Assignment *exhausted; // on_exhausted
+	int exhausted_count;
+};
+
+// The registration of relid, NULL when it is not registered. Read as the
+// extension's owner (the fencing functions run with the caller's rights).
+const Table *FindTable(const catalog::Extension &ext, Oid relid);
+
+// A JSON object of column -> value, as text (NULL for JSON null), each column
+// checked to exist (42703, the hint names the parameter); types filled in.
+Assignment *ParseAssignments(Oid relid, Jsonb *object, const char *parameter, int *count);
+
+// NOTIFY on the table's own channel "worker_heartbeat:<schema>.<table>" with
+// {"event":"leases_released","count":n} (sent at commit; not when the name
+// is too long for a channel).
+void NotifyQueue(Oid relid, int count);
 
 struct Registration {
 	Oid p_table;
 	const char *worker_column;
 	const char *expires_column;
 	Jsonb *on_release;
+	// 1.1 (fenced leases); all NULL / 0 when called through the 1.0 declaration.
+	bool fenced_signature;       // the 1.1 declaration: the catalog has the 1.1 columns
+	const char *token_column;    // bigint, NULL: none
+	const char *attempts_column; // integer or bigint, NULL: none
+	bool has_max_attempts;       // p_max_attempts was not NULL
+	int32 max_attempts;          // 0: no limit
+	Jsonb *on_exhausted;         // NULL: none
+	const char *order_column;    // NULL: the primary key
 };
 void Register(const catalog::Extension &ext, const Registration &registration);
 bool Unregister(const catalog::Extension &ext, Oid relid);
@@ -35,9 +85,9 @@ struct Holder {
 struct ReleaseOptions {
 	const Holder *holders; // release every lease of these workers
 	int holder_count;
-	bool expired;         // and every lease past its deadline
-	bool warn_each_call;  // SQL callers: WARNING per failing table; the reaper logs once per table
-	const char *reason;   // details.reason of the leases_released events
+	bool expired;        // and every lease past its deadline
+	bool warn_each_call; // SQL callers: WARNING per failing table; the reaper logs once per table
+	const char *reason;  // details.reason of the leases_released events
 };
 
 struct ReleaseResult {

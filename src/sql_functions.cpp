@@ -45,6 +45,11 @@ const char *NameArg(FunctionCallInfo fcinfo, int n, const char *what)
 	return name;
 }
 
+const char *OptionalNameArg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	return PG_ARGISNULL(n) ? nullptr : NameArg(fcinfo, n, what);
+}
+
 Oid TableArg(FunctionCallInfo fcinfo)
 {
 	if (PG_ARGISNULL(0))
@@ -114,6 +119,16 @@ Datum wh_register_lease_table(PG_FUNCTION_ARGS)
 		r.expires_column = NameArg(fcinfo, 2, "p_expires_column");
 		r.on_release = PG_ARGISNULL(3) ? DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")))
 		                               : PG_GETARG_JSONB_P(3);
+		// The 1.1 declaration adds five optional parameters; the 1.0 one has four.
+		if (PG_NARGS() >= 9) {
+			r.fenced_signature = true;
+			r.token_column = OptionalNameArg(fcinfo, 4, "p_token_column");
+			r.attempts_column = OptionalNameArg(fcinfo, 5, "p_attempts_column");
+			r.has_max_attempts = !PG_ARGISNULL(6);
+			r.max_attempts = r.has_max_attempts ? PG_GETARG_INT32(6) : 0;
+			r.on_exhausted = PG_ARGISNULL(7) ? nullptr : PG_GETARG_JSONB_P(7);
+			r.order_column = OptionalNameArg(fcinfo, 8, "p_order_column");
+		}
 		wh::catalog::Extension ext = wh::catalog::RequireExtension();
 		ConnectSpi();
 		wh::leases::Register(ext, r);
