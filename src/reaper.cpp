@@ -75,6 +75,7 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due)
 		CommitTransactionCommand();
 		return step;
 	}
+	registry::BeginPass(MyDatabaseId); // before the snapshot: see reaper_registry.hpp
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog::Extension ext;
 	if (!catalog::FindExtension(&ext)) {

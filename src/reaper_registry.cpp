@@ -4,6 +4,7 @@
 #include <utility>
 
 extern "C" {
+#include "access/xact.h"
 #include "storage/ipc.h"
 #include "storage/procarray.h"
 }
@@ -30,6 +31,7 @@ struct Slot {
 	uint64 leases_released;
 	char last_error[192];
 	core::DeathSchedule schedule;
+	uint64 schedule_generation; // bumped by every change applied to schedule
 	int64 shortest_dead_after_us;
 	bool heartbeats_pending;
 	bool session_check_requested;
@@ -80,6 +82,126 @@ Slot *FindOrCreate(Oid dboid)
 bool ReaperAlive(const Slot &slot)
 {
 	return slot.pid != 0;
+}
+
+// --- changes that wait for the end of the transaction (backend-local) ---------
+enum class Change { BecameLive, Invalidate, Wake };
+struct DeferredChange {
+	Change change;
+	Oid dboid;
+	TimestampTz at;
+};
+constexpr int kDeferred = 8;
+DeferredChange deferred[kDeferred];
+int deferred_count = 0;
+bool xact_callback_registered = false;
+
+// The generation read by BeginPass() in the current transaction.
+bool pass_generation_valid = false;
+Oid pass_dboid = InvalidOid;
+uint64 pass_generation = 0;
+
+void ApplyBecameLive(Oid dboid, TimestampTz now)
+{
+	Locked lock;
+	if (Slot *slot = Find(dboid)) {
+		slot->schedule_generation++;
+		if (slot->shortest_dead_after_us > 0)
+			slot->schedule.EarliestAt(now + slot->shortest_dead_after_us);
+		else
+			slot->schedule.Invalidate();
+	}
+}
+
+void ApplyInvalidate(Oid dboid)
+{
+	Locked lock;
+	if (Slot *slot = Find(dboid)) {
+		slot->schedule_generation++;
+		slot->schedule.Invalidate();
+	}
+}
+
+void ApplyWake(Oid dboid)
+{
+	Latch *latch = nullptr;
+	{
+		Locked lock;
+		if (Slot *slot = Find(dboid))
+			latch = slot->latch;
+	}
+	if (latch)
+		SetLatch(latch);
+}
+
+void Apply(const DeferredChange &c)
+{
+	switch (c.change) {
+	case Change::BecameLive:
+		ApplyBecameLive(c.dboid, c.at);
+		break;
+	case Change::Invalidate:
+		ApplyInvalidate(c.dboid);
+		break;
+	case Change::Wake:
+		ApplyWake(c.dboid);
+		break;
+	}
+}
+
+void AtTransactionEnd(XactEvent event, void *)
+{
+	switch (event) {
+	case XACT_EVENT_COMMIT:
+	case XACT_EVENT_PARALLEL_COMMIT:
+	case XACT_EVENT_PREPARE:
+		for (int i = 0; i < deferred_count; ++i)
+			Apply(deferred[i]);
+		deferred_count = 0;
+		pass_generation_valid = false;
+		break;
+	case XACT_EVENT_ABORT:
+	case XACT_EVENT_PARALLEL_ABORT:
+		deferred_count = 0;
+		pass_generation_valid = false;
+		break;
+	default:
+		break;
+	}
+}
+
+void EnsureXactCallback()
+{
+	if (xact_callback_registered)
+		return;
+	RegisterXactCallback(AtTransactionEnd, nullptr);
+	xact_callback_registered = true;
+}
+
+// Applies c now outside a transaction, else when the transaction commits.
+void ApplyAtCommit(const DeferredChange &c)
+{
+	if (!IsTransactionState()) {
+		Apply(c);
+		return;
+	}
+	EnsureXactCallback();
+	for (int i = 0; i < deferred_count; ++i) {
+		DeferredChange &d = deferred[i];
+		if (d.dboid != c.dboid || d.change != c.change)
+			continue;
+		if (c.change == Change::BecameLive && c.at < d.at)
+			d.at = c.at;
+		return;
+	}
+	if (deferred_count < kDeferred) {
+		deferred[deferred_count++] = c;
+		return;
+	}
+	// Full (several databases in one transaction?): the safe summary of
+	// anything is "check everything", and a wake-up.
+	deferred[kDeferred - 2] = DeferredChange{Change::Invalidate, c.dboid, 0};
+	deferred[kDeferred - 1] = DeferredChange{Change::Wake, c.dboid, 0};
 }
 
 } // namespace
@@ -268,14 +390,18 @@ void ClearStop(Oid dboid)
 void Wake(Oid dboid)
 {
 	Attach();
-	Latch *latch = nullptr;
-	{
-		Locked lock;
-		if (Slot *slot = Find(dboid))
-			latch = slot->latch;
-	}
-	if (latch)
-		SetLatch(latch);
+	ApplyAtCommit(DeferredChange{Change::Wake, dboid, 0});
+}
+
+void BeginPass(Oid dboid)
+{
+	Attach();
+	EnsureXactCallback(); // forgets the generation when the transaction ends
+	Locked lock;
+	Slot *slot = Find(dboid);
+	pass_generation_valid = slot != nullptr;
+	pass_dboid = dboid;
+	pass_generation = slot ? slot->schedule_generation : 0;
 }
 
 bool DeathCheckDue(Oid dboid, TimestampTz now)
@@ -291,7 +417,14 @@ void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_afte
 	Attach();
 	Locked lock;
 	if (Slot *slot = FindOrCreate(dboid)) {
-		slot->schedule.Checked(next_deadline);
+		// Our snapshot saw every change applied before BeginPass(); one
+		// applied since may be invisible to it and must not be lost.
+		bool complete =
+		    pass_generation_valid && pass_dboid == dboid && slot->schedule_generation == pass_generation;
+		if (complete)
+			slot->schedule.Checked(next_deadline);
+		else
+			slot->schedule.EarliestAt(next_deadline);
 		slot->shortest_dead_after_us = shortest_dead_after_us;
 	}
 }
@@ -299,21 +432,13 @@ void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_afte
 void WorkerBecameLive(Oid dboid, TimestampTz now)
 {
 	Attach();
-	Locked lock;
-	if (Slot *slot = Find(dboid)) {
-		if (slot->shortest_dead_after_us > 0)
-			slot->schedule.EarliestAt(now + slot->shortest_dead_after_us);
-		else
-			slot->schedule.Invalidate();
-	}
+	ApplyAtCommit(DeferredChange{Change::BecameLive, dboid, now});
 }
 
 void InvalidateDeathSchedule(Oid dboid)
 {
 	Attach();
-	Locked lock;
-	if (Slot *slot = Find(dboid))
-		slot->schedule.Invalidate();
+	ApplyAtCommit(DeferredChange{Change::Invalidate, dboid, 0});
 }
 
 void NoteHeartbeatsPending(Oid dboid)

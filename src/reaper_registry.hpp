@@ -80,9 +80,20 @@ void ForgetStartAttempt(Oid dboid);
 // Returns whether a reaper was running; it will exit at its next wake-up.
 bool RequestStop(Oid dboid);
 void ClearStop(Oid dboid);
+// Sets the reaper's latch; inside a transaction, when it commits.
 void Wake(Oid dboid);
 
 // --- the schedule of the next overdue check (see core/death_schedule.hpp) --
+// A check computes the next deadline from its snapshot; a change that its
+// snapshot cannot see must not be overwritten by it. So:
+//  * WorkerBecameLive, InvalidateDeathSchedule and Wake called inside a
+//    transaction take effect when it commits (after its rows are visible),
+//    and are dropped if it aborts;
+//  * each applied change bumps a generation; the reaper reads it with
+//    BeginPass() before taking its snapshot, and DeathChecked() replaces the
+//    schedule only if no change came in between (otherwise, and for passes
+//    run without BeginPass(), it can only bring the next check closer).
+void BeginPass(Oid dboid);
 bool DeathCheckDue(Oid dboid, TimestampTz now);
 void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_after_us);
 void WorkerBecameLive(Oid dboid, TimestampTz now);
