@@ -46,7 +46,7 @@ FULL = dict(
     reap_workers=100_000, reap_rows=1_000_000, reap_tables=4, reap_dead=1000,
     reap_idle_reps=21, reap_dead_reps=3,
     kills=20, deadline_kills=5, deadline_s=2, deadline_beat_s=0.5,
-    claim_rows=100_000, claim_clients=8, claim_secs=5, claim_rounds=5,
+    claim_rows=100_000, claim_clients=8, claim_secs=5, claim_rounds=3,
     claim_hb_workers=1000, claim_hb_interval_s=10,
     max_workers=200_000,
 )
@@ -465,28 +465,31 @@ def fig_claims(P, R):
     runs = [("ceiling", ENV.A, "plain", False), ("seed", ENV.A, "seed", True)]
     runs += [(k, cl, db, True) for k, cl, db in ENV.sides]
     samples = {k: [] for k, _, _, _ in runs}
+    def claim_round(key, cl, db, with_hb, rnd):
+        reset_queue(cl, db, P["claim_rows"])
+        bg = None
+        if with_hb:
+            bg = pgbench(cl, db, hb, 2, seconds=P["claim_secs"] + 1, rate=rate,
+                         background=True)
+            time.sleep(0.5)
+        try:
+            r = pgbench(cl, db, claim, P["claim_clients"], seconds=P["claim_secs"])
+        finally:
+            if bg:
+                out, _ = bg.communicate()
+        if bg:
+            parse_pgbench(bg.returncode, out, ["heartbeat load"])
+        with cl.connect(db) as c:
+            claimed = q1(c, "SELECT count(*) FROM pm_pipeline.company_research_queue "
+                            "WHERE state = 'claimed'")
+        samples[key].append(r["tps"])
+        log("claims round %d %s: %.0f claims/s (%d rows claimed)" % (rnd, key, r["tps"], claimed))
     for rnd in range(P["claim_rounds"]):
         for key, cl, db, with_hb in runs:
-            reset_queue(cl, db, P["claim_rows"])
-            bg = None
-            if with_hb:
-                bg = pgbench(cl, db, hb, 2, seconds=P["claim_secs"] + 1, rate=rate,
-                             background=True)
-                time.sleep(0.5)
-            try:
-                r = pgbench(cl, db, claim, P["claim_clients"], seconds=P["claim_secs"])
-            finally:
-                if bg:
-                    out, _ = bg.communicate()
-            if bg:
-                parse_pgbench(bg.returncode, out, ["heartbeat load"])
-            with cl.connect(db) as c:
-                claimed = q1(c, "SELECT count(*) FROM pm_pipeline.company_research_queue "
-                                "WHERE state = 'claimed'")
-            samples[key].append(r["tps"])
-            log("claims round %d %s: %.0f claims/s (%d rows claimed)" % (rnd, key, r["tps"], claimed))
+            guarded(key, "claims", claim_round, key, cl, db, with_hb, rnd)
     for key in samples:
-        R[key]["claims_per_s"] = statistics.median(samples[key])
+        if samples[key]:
+            R[key]["claims_per_s"] = statistics.median(samples[key])
     R["_claim_samples"] = samples
     R["_claim_hb_rate"] = rate
 
@@ -700,11 +703,11 @@ def fig_kills(P, R):
                 t = time.monotonic()
                 for w in ws:
                     os.kill(w.pid, signal.SIGKILL)
-                got = wait_released(c, rids, t, P["deadline_s"] + 15.0)
+                got = wait_released(c, rids, t, P["deadline_s"] + 8.0)
                 for w in ws:
                     w.wait()
                 if len(got) != len(rids):
-                    raise RuntimeError("%s: leases of silent workers not back within dead_after + 15 s" % key)
+                    raise RuntimeError("%s: leases of silent workers not back within dead_after + 8 s" % key)
                 lat = list(got.values())
                 R[key]["kill_deadline_median_s"] = statistics.median(lat)
                 R[key]["kill_deadline_max_s"] = max(lat)
@@ -922,6 +925,8 @@ def main():
     print_table(header, lines, out)
     out.write("\nclaims/s: 'ceiling' is the same claim on the seed's queue with no extension and no "
               "heartbeats; seed runs its own heartbeats at the same rate (%.0f/s).\n" % R.get("_claim_hb_rate", 0))
+    out.write("claims/s samples (median taken): %s\n" % "; ".join(
+        "%s %s" % (k, "/".join("%.0f" % v for v in vs)) for k, vs in R.get("_claim_samples", {}).items()))
     out.write("seed kill -> lease back is computed, not measured: dead_after 300 s minus half a 30 s "
               "heartbeat interval plus half a 60 s cleanup loop (median), 300 + 60 s (max).\n\n")
     if not args.quick:
@@ -931,8 +936,18 @@ def main():
         out.write("quick mode: sizes too small for the goals to mean anything; goals not judged.\n")
     missing = [(k, key) for k in ("ext", "extnp", "seed") for key, *_ in rows_spec(P)
                if ENV.have_ext or k == "seed" if R[k].get(key) is None]
+    cores = os.cpu_count() or 1
+    for k, name in (("ext", "extension (preloaded)"), ("extnp", "extension (not preloaded)"),
+                    ("seed", "seed design")):
+        hb = R[k].get("hb_per_s")
+        if hb:
+            per_core = hb / cores
+            out.write("sizing, %s: %.0f heartbeats/s per core (server and pgbench sharing %d cores) "
+                      "= %s workers at a 10 s interval, %s at the seed's 30 s\n"
+                      % (name, per_core, cores, "{:,}".format(int(per_core * 10)),
+                         "{:,}".format(int(per_core * 30))))
     for k, err in ENV.side_errors.items():
-        out.write("%s: %s\n" % ({"ext": "extension (preloaded)", "extnp": "extension (not preloaded)"}[k], err))
+        out.write("%s: %s\n" % ({"ext": "extension (preloaded)", "extnp": "extension (not preloaded)"}.get(k, k), err))
     out.write("figures missing: %s\n" % (", ".join("%s.%s" % m for m in missing) or "none"))
     if args.json:
         with open(args.json, "w") as f:
