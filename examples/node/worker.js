@@ -141,7 +141,7 @@ class WorkerHeartbeat {
 // Claims and completes rows of a table registered with register_lease_table.
 class Queue {
   constructor(client, { table, schema, workerId, leaseSeconds, mode }) {
-    Object.assign(this, { client, workerId, mode, table, schemaName: schema });
+    Object.assign(this, { client, workerId, mode, table });
     this.schema = quoteIdent(schema);
     this.lease = `${leaseSeconds} seconds`;
   }
@@ -150,7 +150,7 @@ class Queue {
     // regclass output is the table name quoted as needed: safe to splice.
     this.table = (await this.client.query('SELECT $1::regclass::text AS t', [this.table])).rows[0].t;
     const have = (await this.client.query('SELECT to_regprocedure($1) IS NOT NULL AS f',
-      [`${this.schemaName}.claim_leases(anyelement,text,integer,interval,jsonb,jsonb)`])).rows[0].f;
+      [`${this.schema}.claim_leases(anyelement,text,integer,interval,jsonb,jsonb)`])).rows[0].f;
     this.fenced = this.mode === 'fenced' || (this.mode === 'auto' && have);
     return this;
   }

@@ -156,7 +156,7 @@ class Queue:
         self.schema = sql.Identifier(schema)
         self.table = conn.execute("SELECT %s::regclass::text", (table,)).fetchone()[0]
         have = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", (
-            schema + ".claim_leases(anyelement,text,integer,interval,jsonb,jsonb)",)).fetchone()[0]
+            '"' + schema.replace('"', '""') + '"' + ".claim_leases(anyelement,text,integer,interval,jsonb,jsonb)",)).fetchone()[0]
         self.fenced = mode == "fenced" or (mode == "auto" and have)
 
     def claim(self):

@@ -222,6 +222,28 @@ sub finish_orphan
 		"done/$o{id}/2", "$o{lang}: the orphaned task was claimed again and completed by the rescuer");
 }
 
+# A worker against a second database whose extension lives in the schema
+# "Worker HB" (needs quotes): it completes the queue and stops there.
+sub quoted_schema
+{
+	my (%o) = @_;    # node, lang, id, cmd (with --schema 'Worker HB'), env, dir
+	my $node = $o{node};
+	my $db = "quoted_$o{lang}";
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	my $qsql = slurp_file("$ROOT/examples/sql/queue.sql");
+	$qsql =~ s/pm_pipeline\./"Worker HB"./g;
+	$node->safe_psql($db, 'CREATE SCHEMA "Worker HB"; CREATE EXTENSION worker_heartbeat SCHEMA "Worker HB";');
+	$node->safe_psql($db, $qsql);
+	$node->safe_psql($db, "INSERT INTO tasks (payload) VALUES ('quoted 1'), ('quoted 2')");
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/$o{lang}_quoted.log";
+	my $pid = spawn(cmd => $o{cmd}, env => { %{ $o{env} }, PGDATABASE => $db }, log => $log, dir => $o{dir});
+	is(wait_exit($pid, 60), 0, qq{$o{lang}: a worker for schema "Worker HB" exits 0}) or diag(slurp_file($log));
+	is($node->safe_psql($db, "SELECT count(*) FROM tasks WHERE state = 'done' AND done_by = '$o{id}'"),
+		2, "$o{lang}: it completed both tasks");
+	is($node->safe_psql($db, qq{SELECT status FROM "Worker HB".worker_heartbeats WHERE worker_id = '$o{id}'}),
+		'stopped', "$o{lang}: its heartbeats and stop_worker went to the quoted schema");
+}
+
 END
 {
 	kill 'KILL', $_ for keys %children;

@@ -119,6 +119,14 @@ is($node->safe_psql('postgres', "SELECT state || '/' || coalesce(done_by, '-') F
 	'pending/-', 'cpp: and changed nothing');
 $node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE payload LIKE 'cpp stale%'");
 
+# The schema is configurable and quoted.
+WorkerTap::quoted_schema(
+	node => $node,
+	lang => 'cpp',
+	id => 'cpp-quoted',
+	cmd => [ $worker, '--schema', 'Worker HB', '--id', 'cpp-quoted', '--work-ms', '10', '--exit-when-empty' ],
+	env => \%env);
+
 # Heartbeat failures don't stop work: restart the server under a running
 # worker; it reconnects (with backoff) and finishes the queue.
 WorkerTap::add_tasks($node, 40, 'cpp restart');

@@ -64,5 +64,13 @@ WorkerTap::kill_and_recover(
 	cause => 'session_ended',
 	max_seconds => 1.5);
 
+# The schema is configurable and quoted.
+WorkerTap::quoted_schema(
+	node => $node,
+	lang => 'python',
+	id => 'py-quoted',
+	cmd => [ $python, $script, '--schema', 'Worker HB', '--id', 'py-quoted', '--work-seconds', '0.01', '--exit-when-empty' ],
+	env => \%env);
+
 $node->stop;
 done_testing();

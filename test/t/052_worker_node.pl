@@ -71,5 +71,14 @@ WorkerTap::finish_orphan(
 	cmd => [ 'node', $script, '--type', 'node_worker', '--id', 'node-rescuer', '--work-ms', '10', '--exit-when-empty' ],
 	env => \%env);
 
+# The schema is configurable and quoted.
+WorkerTap::quoted_schema(
+	node => $node,
+	lang => 'node',
+	id => 'node-quoted',
+	dir => $dir,
+	cmd => [ 'node', $script, '--schema', 'Worker HB', '--id', 'node-quoted', '--work-ms', '10', '--exit-when-empty' ],
+	env => \%env);
+
 $node->stop;
 done_testing();

@@ -137,13 +137,13 @@ class Queue {
   Queue(wh::Connection& conn, const Args& a, const std::string& worker_id)
       : conn_(conn), a_(a), worker_id_(worker_id) {
     table_ = conn_.exec("SELECT $1::regclass::text AS t", wh::Params{a.table}).at(0).at("t");
-    bool have_fenced =
-        conn_
-            .exec("SELECT to_regprocedure($1) IS NOT NULL AS f",
-                  wh::Params{a.schema + ".claim_leases(anyelement,text,integer,interval,"
-                                        "jsonb,jsonb)"})
-            .at(0)
-            .at("f") == "t";
+    bool have_fenced = conn_
+                           .exec("SELECT to_regprocedure($1) IS NOT NULL AS f",
+                                 wh::Params{wh::quote_ident(a.schema) +
+                                            ".claim_leases(anyelement,text,integer,interval,"
+                                            "jsonb,jsonb)"})
+                           .at(0)
+                           .at("f") == "t";
     fenced_ = a.mode == "fenced" || (a.mode == "auto" && have_fenced);
     if (fenced_) leases_.emplace(conn_, a.table, a.schema);
   }
