@@ -213,7 +213,9 @@ Size ShmemSize()
 
 void Attach()
 {
-	if (registry)
+	// The postmaster runs the shared-memory startup hook again after a crash
+	// reset, with a new segment: there the old pointer must not be kept.
+	if (registry && IsUnderPostmaster)
 		return;
 	bool found = false;
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
