@@ -79,7 +79,7 @@ const Table *RequireFencedTable(const wh::catalog::Extension &ext, Oid relid)
 	if (wh::catalog::RelationOwner(relid) == InvalidOid)
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("table with OID %u does not exist", relid)));
 	const Table *t = wh::leases::FindTable(ext, relid);
-	const char *name = get_rel_name(relid);
+	const char *name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 	if (!t)
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("table %s is not registered", name),
 		                errhint("Register it with register_lease_table(..., p_token_column => 'lease_token').")));
