@@ -52,6 +52,17 @@ WorkerTap::run_to_completion(
 like(slurp_file("$PostgreSQL::Test::Utils::tmp_check/cpp_worker_1.log"),
 	$fenced ? qr/mode=fenced/ : qr/mode=plain/, 'the worker used the fenced-lease API when installed');
 
+# The typed fenced-lease API (LeaseTable) against the real functions: claim,
+# extend, check, complete, fail, WH001 -> StaleLeaseError, SQLSTATE mapping.
+WorkerTap::add_tasks($node, 2, 'cpp probe');
+my ($probe_out, $probe_err) = ('', '');
+my $probe_ok = IPC::Run::run([ "$build/lease_api_probe", $node->connstr('postgres') ],
+	'>', \$probe_out, '2>', \$probe_err);
+ok($probe_ok, 'lease_api_probe: every check passed') or diag($probe_out . $probe_err);
+like($probe_out, qr/second complete is stale \(WH001: /, 'a stale token surfaces as StaleLeaseError with SQLSTATE WH001');
+note($probe_out);
+$node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE payload LIKE 'cpp probe%'");
+
 # Phase 2: SIGKILL a session-bound worker that holds a lease.
 my ($task) = WorkerTap::kill_and_recover(
 	node => $node,
@@ -114,7 +125,8 @@ ok(defined WorkerTap::poll_seconds($node,
 		"SELECT count(*) = 1 FROM tasks WHERE payload LIKE 'cpp stale%' AND claimed_by IS NULL AND state = 'pending' AND attempts = 1", 60),
 	'cpp: the expired lease was released while the worker still worked');
 is(WorkerTap::wait_exit($pid, 60), 0, 'cpp: the worker goes on after losing its lease');
-like(slurp_file($log), qr/lost the lease of task \d+/, 'cpp: the late completion was refused (StaleLeaseError)');
+like(slurp_file($log), $fenced ? qr/lost the lease of task \d+: ERROR: lease token \d+ .* is stale/ : qr/lost the lease of task \d+/,
+	'cpp: the late completion was refused (StaleLeaseError)');
 is($node->safe_psql('postgres', "SELECT state || '/' || coalesce(done_by, '-') FROM tasks WHERE payload LIKE 'cpp stale%'"),
 	'pending/-', 'cpp: and changed nothing');
 $node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE payload LIKE 'cpp stale%'");
