@@ -54,7 +54,8 @@ char *Payload(const Event &e, TimestampTz at)
 	JsonField(&buf, "reason", e.reason);
 	JsonSeconds(&buf, "silent_for_s", e.silent_for_us);
 	JsonSeconds(&buf, "detection_latency_s", e.latency_us);
-	JsonField(&buf, "at", timestamptz_to_str(at));
+	// ISO 8601, as to_json() writes it, so that any client parses it.
+	JsonField(&buf, "at", JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
