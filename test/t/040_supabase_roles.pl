@@ -98,13 +98,13 @@ ok(-f $grants_file, 'docs/grants.sql exists') or BAIL_OUT('no docs/grants.sql');
 	is($ret, 0, 'docs/grants.sql applies with worker_role = monitor_role = service_role')
 	  or diag($err);
 	# On Supabase service_role is also the operator: the operator functions the
-	# file names (registering tables, a manual reaping pass).
+	# file names (registering tables, a manual reaping pass), granted with the
+	# statement docs/supabase.md shows.
 	$node->safe_psql('postgres', qq{
-		SELECT format('GRANT EXECUTE ON FUNCTION %s TO service_role', p.oid::regprocedure)
-		  FROM pg_proc p
-		 WHERE p.pronamespace = '$schema'::regnamespace
-		   AND p.proname IN ('register_lease_table', 'unregister_lease_table', 'release_dead_worker_leases')
-		\\gexec});
+		GRANT EXECUTE ON FUNCTION $schema.register_lease_table(regclass, name, name, jsonb, name, name, integer, jsonb, name),
+		                          $schema.unregister_lease_table(regclass),
+		                          $schema.release_dead_worker_leases()
+		   TO service_role});
 }
 
 # Run SQL as a role the way PostgREST does: log in as authenticator, SET ROLE.
