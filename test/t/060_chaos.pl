@@ -53,8 +53,10 @@ $node->safe_psql('postgres', qq{
 		attempts         integer NOT NULL DEFAULT 0,
 		slow             boolean NOT NULL,
 		done_by          text,
-		done_token       bigint
+		done_token       bigint,
+		done_seq         bigint
 	);
+	CREATE SEQUENCE chaos.done_seq;
 	CREATE INDEX ON chaos.tasks (claimed_by);
 	CREATE INDEX ON chaos.tasks (lease_expires_at);
 	CREATE INDEX ON chaos.tasks (lease_token);
@@ -75,7 +77,7 @@ $node->safe_psql('postgres', qq{
 	CREATE TABLE chaos.outages (what text, from_at timestamptz, to_at timestamptz);
 	CREATE FUNCTION chaos.log_change() RETURNS trigger LANGUAGE plpgsql AS \$\$
 	BEGIN
-		IF NEW.done_token IS DISTINCT FROM OLD.done_token THEN
+		IF NEW.done_seq IS DISTINCT FROM OLD.done_seq THEN  -- a complete_lease() went through
 			INSERT INTO chaos.completions (task, worker, token, holder, holder_token)
 			VALUES (OLD.id, NEW.done_by, NEW.done_token, OLD.claimed_by, OLD.lease_token);
 		ELSIF OLD.claimed_by IS NOT NULL AND NEW.claimed_by IS NULL THEN
@@ -131,7 +133,8 @@ BEGIN
 			END IF;
 			BEGIN
 				PERFORM pm_pipeline.complete_lease('chaos.tasks', toks[i],
-					jsonb_build_object('state', 'done', 'done_by', wid, 'done_token', toks[i]));
+					jsonb_build_object('state', 'done', 'done_by', wid, 'done_token', toks[i],
+					                   'done_seq', nextval('chaos.done_seq')));
 			EXCEPTION WHEN SQLSTATE 'WH001' THEN
 				INSERT INTO chaos.refusals VALUES (ids[i], wid, toks[i]);
 			END;
