@@ -144,6 +144,7 @@ class Queue {
     Object.assign(this, { client, workerId, mode, table });
     this.schema = quoteIdent(schema);
     this.lease = `${leaseSeconds} seconds`;
+    this.leaseMs = leaseSeconds * 1000;
   }
 
   async init() {
@@ -169,6 +170,24 @@ class Queue {
          RETURNING id, run_id, payload, NULL::bigint AS token`,
         [this.workerId, this.lease]);
     return r.rows[0] || null;
+  }
+
+  // Pushes the lease's deadline; StaleLease if the row is no longer ours.
+  async extend(task) {
+    try {
+      if (this.fenced) {
+        await this.client.query(`SELECT ${this.schema}.extend_lease($1::regclass, $2, $3::interval)`,
+          [this.table, task.token, this.lease]);
+        return;
+      }
+      const r = await this.client.query(
+        `UPDATE ${this.table} SET lease_expires_at = now() + $3::interval WHERE id = $1 AND claimed_by = $2`,
+        [task.id, this.workerId, this.lease]);
+      if (r.rowCount === 0) throw new StaleLease(`task ${task.id} is no longer ours`);
+    } catch (e) {
+      if (e.code === 'WH001') throw new StaleLease(e.message);
+      throw e;
+    }
   }
 
   async complete(task) {
@@ -219,6 +238,18 @@ function parseArgs(argv) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Stands for the real work: takes `ms`, extending the lease every half lease so
+// that a long task keeps its row.
+async function work(queue, task, ms) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const left = end - Date.now();
+    if (left <= 0) return;
+    await sleep(Math.min(left, queue.leaseMs / 2));
+    if (end - Date.now() > 0) await queue.extend(task);
+  }
+}
+
 async function main() {
   const args = parseArgs(process.argv);
   const workerId = args.id || defaultWorkerId(args.type);
@@ -251,7 +282,7 @@ async function main() {
         heartbeat.updateTask(task.run_id, `Researching: ${task.payload}`, 'processing');
         log(`claimed task ${task.id}${task.token ? ` token ${task.token}` : ''}`);
         try {
-          await sleep(args.workMs); // the real work
+          await work(queue, task, args.workMs); // the real work
           await queue.complete(task);
           done += 1;
           log(`completed task ${task.id}`);

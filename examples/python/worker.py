@@ -153,6 +153,7 @@ class Queue:
 
     def __init__(self, conn, table, schema, worker_id, lease_seconds, mode):
         self.conn, self.worker_id, self.lease = conn, worker_id, "%g seconds" % lease_seconds
+        self.lease_seconds = lease_seconds
         self.schema = sql.Identifier(schema)
         self.table = conn.execute("SELECT %s::regclass::text", (table,)).fetchone()[0]
         have = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", (
@@ -180,6 +181,25 @@ class Queue:
             return None
         return {"id": row[0], "run_id": row[1], "payload": row[2], "token": row[3]}
 
+    def extend(self, task):
+        """Pushes the lease's deadline; StaleLease if the row is no longer ours."""
+        try:
+            if self.fenced:
+                self.conn.execute(
+                    sql.SQL("SELECT {}.extend_lease(%s::regclass, %s, %s::interval)").format(self.schema),
+                    (self.table, task["token"], self.lease))
+                return
+            n = self.conn.execute(
+                sql.SQL("UPDATE {} SET lease_expires_at = now() + %s::interval "
+                        "WHERE id = %s AND claimed_by = %s").format(sql.SQL(self.table)),
+                (self.lease, task["id"], self.worker_id)).rowcount
+            if n == 0:
+                raise StaleLease("task %s is no longer ours" % task["id"])
+        except psycopg.Error as e:
+            if e.sqlstate == "WH001":
+                raise StaleLease(str(e)) from e
+            raise
+
     def complete(self, task):
         try:
             if self.fenced:
@@ -201,6 +221,20 @@ class Queue:
             raise
 
 
+def work(queue, task, seconds):
+    """Stands for the real work: takes `seconds`, extending the lease every
+    half lease so that a long task keeps its row."""
+    end = time.monotonic() + seconds
+    step = queue.lease_seconds / 2
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, step))
+        if end - time.monotonic() > 0:
+            queue.extend(task)
+
+
 def process_claim(queue, heartbeat, work_seconds):
     """The seed's process_company_claim: claim, update the heartbeat, work, mark idle."""
     task = queue.claim()
@@ -210,7 +244,7 @@ def process_claim(queue, heartbeat, work_seconds):
                           status="processing")
     log.info("claimed task %s%s", task["id"], " token %s" % task["token"] if task["token"] else "")
     try:
-        time.sleep(work_seconds)  # the real work
+        work(queue, task, work_seconds)  # the real work
         queue.complete(task)
         log.info("completed task %s", task["id"])
     except StaleLease as e:

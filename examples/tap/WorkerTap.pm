@@ -222,6 +222,23 @@ sub finish_orphan
 		"done/$o{id}/2", "$o{lang}: the orphaned task was claimed again and completed by the rescuer");
 }
 
+# A task longer than its lease: the worker extends the lease while it works
+# (without that, the reaper would release the row after 1 s and the completion
+# would be refused), so it completes on its first attempt.
+sub long_task
+{
+	my (%o) = @_;    # node, lang, id, cmd (lease 1 s, work 3 s, exit when empty), env, dir
+	my $node = $o{node};
+	$node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE state = 'pending'");    # an empty queue
+	my $task = $node->safe_psql('postgres', "INSERT INTO tasks (payload) VALUES ('$o{lang} long task') RETURNING id");
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/$o{lang}_long.log";
+	my $pid = spawn(cmd => $o{cmd}, env => $o{env}, log => $log, dir => $o{dir});
+	is(wait_exit($pid, 60), 0, "$o{lang}: the long-task worker exits 0") or diag(slurp_file($log));
+	is($node->safe_psql('postgres', "SELECT state || '/' || done_by || '/' || attempts FROM tasks WHERE id = $task"),
+		"done/$o{id}/1", "$o{lang}: a task three times longer than its lease completed on its first attempt (lease extended)")
+	  or diag(slurp_file($log));
+}
+
 # A worker against a second database whose extension lives in the schema
 # "Worker HB" (needs quotes): it completes the queue and stops there.
 sub quoted_schema

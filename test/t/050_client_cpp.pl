@@ -131,6 +131,14 @@ is($node->safe_psql('postgres', "SELECT state || '/' || coalesce(done_by, '-') F
 	'pending/-', 'cpp: and changed nothing');
 $node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE payload LIKE 'cpp stale%'");
 
+# Long tasks extend their lease (every half lease).
+WorkerTap::long_task(
+	node => $node,
+	lang => 'cpp',
+	id => 'cpp-long',
+	cmd => [ $worker, '--id', 'cpp-long', '--lease-ms', '1000', '--work-ms', '3000', '--exit-when-empty' ],
+	env => \%env);
+
 # The schema is configurable and quoted.
 WorkerTap::quoted_schema(
 	node => $node,

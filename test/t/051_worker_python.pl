@@ -64,6 +64,14 @@ WorkerTap::kill_and_recover(
 	cause => 'session_ended',
 	max_seconds => 1.5);
 
+# Long tasks extend their lease.
+WorkerTap::long_task(
+	node => $node,
+	lang => 'python',
+	id => 'py-long',
+	cmd => [ $python, $script, '--id', 'py-long', '--lease-seconds', '1', '--work-seconds', '3', '--exit-when-empty' ],
+	env => \%env);
+
 # The schema is configurable and quoted.
 WorkerTap::quoted_schema(
 	node => $node,

@@ -71,6 +71,15 @@ WorkerTap::finish_orphan(
 	cmd => [ 'node', $script, '--type', 'node_worker', '--id', 'node-rescuer', '--work-ms', '10', '--exit-when-empty' ],
 	env => \%env);
 
+# Long tasks extend their lease.
+WorkerTap::long_task(
+	node => $node,
+	lang => 'node',
+	id => 'node-long',
+	dir => $dir,
+	cmd => [ 'node', $script, '--id', 'node-long', '--lease-seconds', '1', '--work-ms', '3000', '--exit-when-empty' ],
+	env => \%env);
+
 # The schema is configurable and quoted.
 WorkerTap::quoted_schema(
 	node => $node,
