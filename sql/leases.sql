@@ -70,7 +70,7 @@ SELECT count(*) AS registered FROM pm_pipeline.lease_tables;
 -- Only the table's owner may register it.
 CREATE ROLE wh_regress_stranger;
 GRANT USAGE ON SCHEMA pm_pipeline, app TO wh_regress_stranger;
-GRANT EXECUTE ON FUNCTION pm_pipeline.register_lease_table(regclass, name, name, jsonb) TO wh_regress_stranger;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pm_pipeline TO wh_regress_stranger;
 SET ROLE wh_regress_stranger;
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.bad', 'holder', 'until')$$);
 RESET ROLE;

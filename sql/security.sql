@@ -25,7 +25,7 @@ SELECT p.oid::regprocedure AS executable_by_public
 SELECT p.oid::regprocedure AS security_definer
   FROM pg_proc p
  WHERE p.pronamespace = 'pm_pipeline'::regnamespace AND p.prosecdef
- ORDER BY 1::text;
+ ORDER BY p.proname;
 
 -- RLS on every table; no privileges for PUBLIC on tables, views, sequences.
 SELECT c.relname, c.relrowsecurity
@@ -36,7 +36,7 @@ SELECT c.relname AS public_can_read
    AND (has_table_privilege('public', c.oid, 'SELECT') OR has_table_privilege('public', c.oid, 'INSERT'));
 
 -- Registrations, workers and history are kept by pg_dump.
-SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'worker_heartbeat' ORDER BY 1::text;
+SELECT c::regclass AS dumped FROM pg_extension, unnest(extconfig) c WHERE extname = 'worker_heartbeat' ORDER BY c::regclass::text;
 
 -- A role with no grants can do nothing.
 CREATE ROLE wh_regress_nobody;
