@@ -39,6 +39,12 @@ constexpr const char *kLauncherType = "worker_heartbeat launcher";
 // (DROP/RENAME DATABASE, CREATE DATABASE ... TEMPLATE): they wait 5 s for us.
 constexpr long kMaxNapMs = 1000;
 constexpr int64 kCleanupEveryUs = 60 * USECS_PER_SEC;
+// A pass that skipped a table (lock timeout, a value that no longer casts, a
+// dropped table) left leases of dead workers behind: an ordinary pass only
+// looks for workers that died since the last one, so a full pass retries
+// them, first after 1 s, then backing off to 30 s while tables keep failing.
+constexpr int64 kRetryFirstUs = 1 * USECS_PER_SEC;
+constexpr int64 kRetryMaxUs = 30 * USECS_PER_SEC;
 
 Oid reaper_database = InvalidOid;
 
@@ -62,8 +68,9 @@ bool DatabaseWanted()
 enum class Step { Continue, ExtensionGone, DatabaseWanted };
 
 // One transaction: check that we are still wanted, then reap.
-Step RunOneTick(bool reap, bool full, int64 *cleanup_due)
+Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 {
+	*tables_failed = 0;
 	Step step = Step::Continue;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -95,6 +102,7 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
 	reaping::PassResult result = reaping::RunPass(ext, reaping::PassOptions{true, full});
+	*tables_failed = result.tables_failed;
 	int removed = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	if (now >= *cleanup_due) {
@@ -115,16 +123,17 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due)
 }
 
 // A failing pass is reported and the loop goes on: no crash loop.
-Step RunOneTickCatchingErrors(bool reap, bool full, int64 *cleanup_due)
+Step RunOneTickCatchingErrors(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 {
 	MemoryContext loop_context = CurrentMemoryContext;
 	volatile Step step = Step::Continue;
 	PG_TRY();
 	{
-		step = RunOneTick(reap, full, cleanup_due);
+		step = RunOneTick(reap, full, cleanup_due, tables_failed);
 	}
 	PG_CATCH();
 	{
+		*tables_failed = 1; // the whole pass failed: retry it in full
 		MemoryContextSwitchTo(loop_context);
 		ErrorData *error = CopyErrorData();
 		FlushErrorState();
@@ -191,6 +200,8 @@ void WaitForStarter()
 	bool full = true; // the first pass after a start looks at everything
 	int64 cleanup_due = 0;
 	TimestampTz next_pass = 0;
+	TimestampTz retry_full_at = 0; // 0: nothing to retry
+	int64 retry_backoff_us = kRetryFirstUs;
 	for (;;) {
 		TimestampTz now = GetCurrentTimestamp();
 		long nap = Min(kMaxNapMs, Max(0L, static_cast<long>((next_pass - now) / 1000)));
@@ -211,10 +222,24 @@ void WaitForStarter()
 		// A latch set by a session that ended asks for a pass right now; a
 		// timeout short of the next pass only checks the database lock.
 		bool reap = full || (events & WL_LATCH_SET) || GetCurrentTimestamp() >= next_pass;
-		Step step = RunOneTickCatchingErrors(reap, full, &cleanup_due);
+		if (reap && retry_full_at != 0 && GetCurrentTimestamp() >= retry_full_at)
+			full = true;
+		int tables_failed = 0;
+		Step step = RunOneTickCatchingErrors(reap, full, &cleanup_due, &tables_failed);
 		if (reap) {
+			TimestampTz done = GetCurrentTimestamp();
+			if (tables_failed == 0) {
+				if (full) { // a full pass that went through: nothing left behind
+					retry_full_at = 0;
+					retry_backoff_us = kRetryFirstUs;
+				}
+			} else if (full || retry_full_at == 0) {
+				retry_full_at = done + retry_backoff_us;
+				if (full)
+					retry_backoff_us = Min(retry_backoff_us * 2, kRetryMaxUs);
+			}
 			full = false;
-			next_pass = GetCurrentTimestamp() + static_cast<int64>(settings::reap_interval_ms) * 1000;
+			next_pass = done + static_cast<int64>(settings::reap_interval_ms) * 1000;
 		}
 		if (step == Step::ExtensionGone) {
 			cache::ForgetDatabase(dboid);
