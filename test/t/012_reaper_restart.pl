@@ -8,9 +8,9 @@
 # - SIGKILL of the reaper with restart_after_crash = on: the postmaster resets
 #   the cluster, the launcher starts a new reaper, and the worker whose session
 #   the crash ended is released;
-# - server restart: a new reaper without any heartbeat, releasing a session-bound
-#   worker (its session ended with the server) and a worker whose 2 s
-#   dead_after ran out while the server was down;
+# - server restart (immediate, then fast): a new reaper without any heartbeat,
+#   releasing a session-bound worker (its session ended with the server) and
+#   workers whose 2 s dead_after ran out while the server was down;
 # - reaper_status() shows the pid, state, last pass and counters throughout.
 use strict;
 use warnings;
@@ -137,7 +137,9 @@ $node->safe_psql('postgres', q{
 	       lease_expires_at = now() + interval '1 hour' WHERE id = 4;
 });
 my $t_silent = time;
-$node->stop('fast');
+# Immediate: no session gets to tell the old reaper that it ended (with a
+# fast shutdown the old reaper may still release victim-c on its way out).
+$node->stop('immediate');
 eval { $victim_c->{run}->finish };
 # Let the silent worker's 2 s run out while the server is down.
 usleep(100_000) while time - $t_silent < 2.5;
@@ -153,6 +155,26 @@ is( $node->safe_psql('postgres', q{
 		SELECT (workers_declared_dead >= 2) || ':' || (leases_released >= 2) || ':' || (passes > 0)
 		  FROM pm_pipeline.reaper_status() WHERE database = 'postgres'}),
 	'true:true:true', 'reaper_status() counts the deaths and releases since the server started');
+
+# A clean (fast) restart: the deadline of a silent worker passes while the
+# server is down; the new reaper declares it dead.
+$node->safe_psql('postgres', q{
+	SELECT pm_pipeline.upsert_worker_heartbeat('silent-2', 'fast', 'processing');
+	UPDATE app.queue SET state = 'claimed', claimed_by = 'silent-2',
+	       lease_expires_at = now() + interval '1 hour' WHERE id = 5;
+});
+$t_silent = time;
+$node->stop('fast');
+usleep(100_000) while time - $t_silent < 2.5;
+$node->start;
+my $pid5 = wait_for_reaper($pid4, 'fast restart');
+ok($node->poll_query_until('postgres', "SELECT claimed_by IS NULL FROM app.queue WHERE id = 5"),
+	'fast restart: the lease of the worker that went silent is released');
+is( $node->safe_psql('postgres', q{
+		SELECT w.status || ':' || w.death_cause || ':' || (w.died_at >= s.started_at)
+		  FROM pm_pipeline.worker_heartbeats w, pm_pipeline.reaper_status() s
+		 WHERE w.worker_id = 'silent-2' AND s.database = 'postgres'}),
+	'dead:heartbeat_timeout:true', 'fast restart: declared dead by the new reaper');
 is($node->safe_psql('postgres', "SELECT count(*) FROM ($reaper_sql) r"), '1', 'still exactly one reaper');
 ok(!$node->log_contains(qr/pass failed/), 'no pass failed along the way');
 
