@@ -677,9 +677,12 @@ def fig_reap_ext(P, R, key, cl, db):
         row = next_pass(-1)
         row = next_pass(row[0])          # skip the first (full) pass after a start
         idle = []
-        for _ in range(P["reaper_idle_passes"]):
-            row = next_pass(row[0])
-            idle.append(row[1])
+        reaper_pid = q1(c, "SELECT pid FROM pm_pipeline.reaper_status() "
+                           "WHERE database = current_database()")
+        with Perf("reaper_idle_" + key, pid=reaper_pid):
+            for _ in range(P["reaper_idle_passes"]):
+                row = next_pass(row[0])
+                idle.append(row[1])
         R[key]["reaper_idle_ms"] = statistics.median(idle)
         log("%s: the reaper's own idle passes: median %.3f ms (max %.3f) over %d passes"
             % (key, statistics.median(idle), max(idle), len(idle)))
