@@ -192,6 +192,19 @@ SELECT pm_pipeline.fail_lease('app."Odd Queue"', (SELECT "Tok" FROM app."Odd Que
 SELECT pm_pipeline.complete_lease('app."Odd Queue"', (SELECT "Tok" FROM app."Odd Queue" WHERE "Key" = 'b'), '{"State": "ok"}');
 SELECT * FROM app."Odd Queue" ORDER BY "Key";
 
+-- Filters compare with the column type's own equality operator, wherever it
+-- lives (citext's is case-insensitive); a type without one is refused.
+CREATE EXTENSION citext SCHEMA app;
+CREATE TABLE app.names (id int PRIMARY KEY, name app.citext, meta json, claimed_by text,
+                        lease_expires_at timestamptz, tok bigint);
+CREATE INDEX ON app.names (claimed_by);
+CREATE INDEX ON app.names (lease_expires_at);
+CREATE INDEX ON app.names (tok);
+INSERT INTO app.names VALUES (1, 'Alice', '{}'), (2, 'Bob', '{}');
+SELECT pm_pipeline.register_lease_table('app.names', p_token_column => 'tok');
+SELECT id, name FROM pm_pipeline.claim_leases(NULL::app.names, 'w', 5, p_filter => '{"name": "ALICE"}');
+SELECT * FROM pg_temp.error_of($$SELECT * FROM pm_pipeline.claim_leases(NULL::app.names, 'w', 1, p_filter => '{"meta": {}}')$$);
+
 -- Privileges: SECURITY INVOKER with a fixed search_path, nothing for PUBLIC.
 SELECT p.proname, p.prosecdef, p.proconfig, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
   FROM pg_proc p WHERE p.pronamespace = 'pm_pipeline'::regnamespace

@@ -11,10 +11,12 @@
 extern "C" {
 #include "access/table.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_operator.h"
 #include "commands/sequence.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
+#include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(wh_claim_leases);
 PG_FUNCTION_INFO_V1(wh_extend_lease);
@@ -136,6 +138,22 @@ void FillParams(const Assignment *list, int count, Oid *types, Datum *values, ch
 		values[i] = list[i].value ? CStringGetTextDatum(list[i].value) : (Datum)0;
 		nulls[i] = list[i].value ? ' ' : 'n';
 	}
+}
+
+// OPERATOR(schema.=) of the column's type (its default equality, wherever it lives).
+const char *EqualityOperator(const Assignment &a)
+{
+	TypeCacheEntry *entry = lookup_type_cache(a.type_oid, TYPECACHE_EQ_OPR);
+	HeapTuple tuple = OidIsValid(entry->eq_opr) ? SearchSysCache1(OPEROID, ObjectIdGetDatum(entry->eq_opr)) : nullptr;
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FUNCTION),
+		                errmsg("p_filter cannot compare column %s: type %s has no equality operator", a.column, a.type),
+		                errhint("Filter on another column (claim_leases compares with =).")));
+	auto *form = reinterpret_cast<Form_pg_operator>(GETSTRUCT(tuple));
+	const char *op =
+	    psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(form->oprnamespace)), NameStr(form->oprname));
+	ReleaseSysCache(tuple);
+	return op;
 }
 
 // "ORDER BY s.order, s.pk..." (oldest first), or "" when the table has neither.
@@ -265,8 +283,8 @@ Datum ClaimLeases(FunctionCallInfo fcinfo)
 		appendStringInfo(&pick, "SELECT s.ctid FROM %s s WHERE s.%s IS NULL", t->qualified, t->worker_column);
 		for (int i = 0; i < filter_count; ++i)
 			if (filter[i].value)
-				appendStringInfo(&pick, " AND s.%s OPERATOR(pg_catalog.=) CAST($%d AS %s)", filter[i].column, i + 2,
-				                 filter[i].type);
+				appendStringInfo(&pick, " AND s.%s %s CAST($%d AS %s)", filter[i].column, EqualityOperator(filter[i]),
+				                 i + 2, filter[i].type);
 			else
 				appendStringInfo(&pick, " AND s.%s IS NULL AND $%d IS NULL", filter[i].column, i + 2);
 		appendStringInfo(&pick, "%s LIMIT $1 FOR UPDATE OF s SKIP LOCKED", ClaimOrder(*t));

@@ -653,6 +653,7 @@ Assignment *ParseAssignments(Oid relid, Jsonb *object, const char *parameter, in
 		Assignment &a = list[(*count)++];
 		a.column = quote_identifier(column);
 		a.type = ColumnType(relid, attnum);
+		a.type_oid = get_atttype(relid, attnum);
 		a.value = JsonValueText(value);
 	}
 	return list;

@@ -24,6 +24,7 @@ struct Assignment {
 	const char *column; // quoted
 	const char *type;   // format_type_with_typemod
 	const char *value;  // text, NULL for SQL NULL
+	Oid type_oid;       // set by ParseAssignments only
 };
 
 // One registration, as loaded from lease_tables (identifiers quoted).
