@@ -246,6 +246,11 @@ void acquire_signal_handlers() {
   std::lock_guard<std::mutex> lock(g_sig_mutex);
   if (g_sig_pipe[0] < 0) make_pipe(g_sig_pipe);
   if (g_sig_users++ == 0) {
+    // A signal from an earlier generation of Heartbeats is history.
+    g_signal.store(0);
+    char buf[64];
+    while (::read(g_sig_pipe[0], buf, sizeof buf) > 0) {
+    }
     struct sigaction sa;
     std::memset(&sa, 0, sizeof sa);
     sa.sa_handler = wh_signal_handler;
@@ -331,10 +336,16 @@ struct Heartbeat::Impl {
     send_metadata = true;
   }
 
+  // Server notices on the heartbeat connection go to the log, not to stderr.
+  static void on_notice(void* arg, const char* message) {
+    static_cast<Impl*>(arg)->log("server: " + trim_message(message));
+  }
+
   void ensure_connection() {
     if (conn && PQstatus(conn) == CONNECTION_OK) return;
     disconnect();
     conn = open_connection(opt.conninfo, "worker_heartbeat " + worker_id);
+    PQsetNoticeProcessor(conn, &Impl::on_notice, this);
   }
 
   void beat() {

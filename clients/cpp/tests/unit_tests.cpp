@@ -226,6 +226,25 @@ TEST(Heartbeat, SigtermInExitModeEndsTheProcessWithTheSignal) {
   EXPECT_EQ(WTERMSIG(status), SIGTERM);
 }
 
+TEST(Heartbeat, AnOldSignalDoesNotStopANewHeartbeat) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    {
+      Heartbeat first(unreachable(OnSignal::Flag));
+      ::kill(::getpid(), SIGINT);
+      if (!eventually([&] { return first.stop_requested(); })) _exit(3);
+    }
+    Heartbeat second(unreachable(OnSignal::Flag));
+    std::this_thread::sleep_for(200ms);
+    _exit(second.stop_requested() ? 4 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
 TEST(Heartbeat, HandlersAreRestoredWhenTheLastHeartbeatGoes) {
   struct sigaction before, after;
   sigaction(SIGTERM, nullptr, &before);
