@@ -9,6 +9,7 @@ use FindBin;
 use lib "$FindBin::Bin/../../examples/tap";
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes ();
 use WorkerTap;
 
 my $src = "$WorkerTap::ROOT/clients/cpp";
@@ -130,6 +131,28 @@ like(slurp_file($log), $fenced ? qr/lost the lease of task \d+: ERROR: lease tok
 is($node->safe_psql('postgres', "SELECT state || '/' || coalesce(done_by, '-') FROM tasks WHERE payload LIKE 'cpp stale%'"),
 	'pending/-', 'cpp: and changed nothing');
 $node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE payload LIKE 'cpp stale%'");
+
+# Idle workers LISTEN on the table's channel: when the reaper puts a lease back
+# (here: an expired lease of a worker that never existed), an idle worker with a
+# 60 s idle wait claims it at once.
+if ($fenced)
+{
+	$node->safe_psql('postgres', "UPDATE tasks SET state = 'done' WHERE state = 'pending'");
+	$log = "$PostgreSQL::Test::Utils::tmp_check/cpp_listener.log";
+	$pid = WorkerTap::spawn(cmd => [ $worker, '--id', 'cpp-listener', '--idle-ms', '60000', '--max-tasks', '1' ],
+		env => \%env, log => $log);
+	ok(defined WorkerTap::poll_seconds($node,
+			"SELECT status = 'idle' FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'cpp-listener'", 60),
+		'cpp: the listener found the queue empty and is idle');
+	my $t0 = Time::HiRes::time();
+	$node->safe_psql('postgres',
+		"INSERT INTO tasks (payload, state, claimed_by, lease_expires_at, lease_token, attempts) VALUES ('cpp wake', 'claimed', 'ghost', now() - interval '1 second', -1, 1)");
+	my $woke = WorkerTap::poll_seconds($node,
+		"SELECT state = 'done' AND done_by = 'cpp-listener' FROM tasks WHERE payload = 'cpp wake'", 60);
+	ok(defined $woke, 'cpp: the released task was claimed and completed by the idle listener') or diag(slurp_file($log));
+	cmp_ok(Time::HiRes::time() - $t0, '<', 10, 'cpp: woken by the NOTIFY, long before its 60 s idle wait ended');
+	is(WorkerTap::wait_exit($pid, 30), 0, 'cpp: the listener exits 0 after its one task');
+}
 
 # Long tasks extend their lease (every half lease).
 WorkerTap::long_task(

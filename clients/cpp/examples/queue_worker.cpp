@@ -149,6 +149,26 @@ class Queue {
   }
   bool fenced() const { return fenced_; }
 
+  // With fenced leases the extension NOTIFYs the table's channel when leases
+  // come back: idle workers wait for that instead of polling.
+  void listen() {
+    if (fenced_) conn_.listen(leases_->channel());
+  }
+
+  // Waits up to `ms` for work: a notification (fenced), or just the time (plain).
+  void idle_wait(long ms, const std::function<bool()>& stop) {
+    auto end = steady_clock::now() + milliseconds(ms);
+    while (!stop() && steady_clock::now() < end) {
+      auto slice = std::min<milliseconds>(milliseconds(250),
+                                          duration_cast<milliseconds>(end - steady_clock::now()));
+      if (!fenced_) {
+        std::this_thread::sleep_for(slice);
+      } else if (auto n = conn_.wait_notification(slice)) {
+        return;  // {"event":"leases_released","count":n}
+      }
+    }
+  }
+
   std::vector<Task> claim() {
     std::vector<Task> out;
     if (fenced_) {
@@ -243,6 +263,7 @@ int main(int argc, char** argv) {
     const std::string& me = hb.worker_id();
     wh::Connection conn(a.db, "queue_worker " + me);
     Queue q(conn, a, me);
+    q.listen();
     say(me, "started pid=" + std::to_string(::getpid()) +
                 " mode=" + (q.fenced() ? "fenced" : "plain") +
                 " interval=" + std::to_string(hb.interval().count()) +
@@ -250,6 +271,7 @@ int main(int argc, char** argv) {
     auto reconnect = [&]() -> bool {
       try {
         conn = wh::Connection(a.db, "queue_worker " + me);
+        q.listen();
         return true;
       } catch (const wh::ConnectionError& e) {
         say(me, std::string("reconnect failed: ") + e.what());
@@ -270,7 +292,12 @@ int main(int argc, char** argv) {
       if (tasks.empty()) {
         hb.mark_idle();
         if (a.exit_when_empty) break;
-        std::this_thread::sleep_for(milliseconds(a.idle_ms));
+        try {
+          q.idle_wait(a.idle_ms, [&] { return hb.stop_requested(); });
+        } catch (const wh::ConnectionError& e) {
+          say(me, std::string("connection lost while idle: ") + e.what());
+          reconnect();
+        }
         continue;
       }
       for (auto& t : tasks) {

@@ -210,6 +210,32 @@ std::vector<Row> Connection::exec(const std::string& sql, const Params& params) 
   return consume_result(conn_, res);
 }
 
+std::string queue_channel(const std::string& schema, const std::string& table) {
+  return "worker_heartbeat:" + schema + "." + table;
+}
+
+void Connection::listen(const std::string& channel) { exec("LISTEN " + quote_ident(channel)); }
+
+std::optional<Notification> Connection::wait_notification(std::chrono::milliseconds timeout) {
+  using clock = std::chrono::steady_clock;
+  if (conn_ == nullptr) throw ConnectionError("connection was moved from", "");
+  auto deadline = clock::now() + timeout;
+  for (;;) {
+    if (PGnotify* n = PQnotifies(conn_)) {
+      Notification out{n->relname ? n->relname : "", n->extra ? n->extra : "", n->be_pid};
+      PQfreemem(n);
+      return out;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    pollfd p{PQsocket(conn_), POLLIN, 0};
+    int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno != EINTR) throw ConnectionError(std::strerror(errno), "");
+    if (r > 0 && !PQconsumeInput(conn_))
+      throw ConnectionError(trim_message(PQerrorMessage(conn_)), "");
+  }
+}
+
 // ---------------------------------------------------------------- signals
 //
 // One process-wide handler for SIGTERM and SIGINT: it records the signal and
@@ -526,9 +552,13 @@ LeaseTable::LeaseTable(Connection& conn, const std::string& table, const std::st
     : conn_(conn), schema_(quote_ident(schema)) {
   // regclass output is the table's name quoted as needed (and qualified when it
   // is not on the search_path): safe to splice as a type name.
-  auto rows = conn_.exec("SELECT $1::regclass::text AS name, (SELECT token_column::text FROM " +
-                             schema_ + ".lease_tables WHERE table_name = $1::regclass) AS token",
-                         Params{table});
+  auto rows = conn_.exec(
+      "SELECT $1::regclass::text AS name, (SELECT token_column::text FROM " + schema_ +
+          ".lease_tables WHERE table_name = $1::regclass) AS token, (SELECT n.nspname || '.' || "
+          "c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = "
+          "c.relnamespace WHERE c.oid = $1::regclass) AS channel",
+      Params{table});
+  channel_ = "worker_heartbeat:" + rows.at(0).at("channel");
   table_ = rows.at(0).at("name");
   auto& tok = rows.at(0).get("token");
   if (!tok) throw Error("table " + table_ + " is not registered with a token column", "42704");

@@ -141,6 +141,10 @@ TEST(Uuid, Recognised) {
   EXPECT_FALSE(is_uuid("123e4567-e89b-12d3-a456-42661417400g"));
 }
 
+TEST(Channel, QueueChannelName) {
+  EXPECT_EQ(queue_channel("public", "tasks"), "worker_heartbeat:public.tasks");
+}
+
 TEST(Interval, Literal) { EXPECT_EQ(interval_literal(1500ms), "1500 milliseconds"); }
 
 TEST(Heartbeat, RejectsBadOptionsBeforeStartingAThread) {

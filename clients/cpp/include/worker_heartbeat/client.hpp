@@ -72,6 +72,16 @@ class Row {
 
 using Params = std::vector<std::optional<std::string>>;
 
+struct Notification {
+  std::string channel;
+  std::string payload;
+  int backend_pid = 0;
+};
+
+// The channel on which the extension (1.1) announces released leases of a
+// registered table: "worker_heartbeat:<schema>.<table>".
+std::string queue_channel(const std::string& schema, const std::string& table);
+
 // An owned libpq connection. `conninfo` is a libpq connection string or URI;
 // empty means the PG* environment variables. Not thread-safe: one per thread.
 class Connection {
@@ -87,6 +97,11 @@ class Connection {
   std::vector<Row> exec(const std::string& sql, const Params& params = {});
   bool ok() const;
   pg_conn* native() const { return conn_; }
+
+  // LISTEN on `channel` (quoted), then wait for notifications: the next one,
+  // or nullopt after `timeout`. Throws ConnectionError if the connection drops.
+  void listen(const std::string& channel);
+  std::optional<Notification> wait_notification(std::chrono::milliseconds timeout);
 
  private:
   pg_conn* conn_ = nullptr;
@@ -174,6 +189,8 @@ class LeaseTable {
   bool check(std::int64_t token);
 
   const std::string& qualified_name() const { return table_; }
+  // queue_channel() of this table: LISTEN on it to wake when leases come back.
+  const std::string& channel() const { return channel_; }
   const std::string& token_column() const { return token_column_; }
 
  private:
@@ -181,6 +198,7 @@ class LeaseTable {
   std::string schema_;        // quoted
   std::string table_;         // regclass output, quoted as needed
   std::string token_column_;  // from lease_tables
+  std::string channel_;
 };
 
 }  // namespace worker_heartbeat
