@@ -8,6 +8,9 @@
 # - invalid values ('abc', '-5s') in postgresql.conf + reload: a clear message
 #   in the log, the old value stays (SHOW, and the reaper's cadence), the same
 #   reaper keeps running; ALTER SYSTEM refuses them with a clear error;
+# - default_transaction_read_only on (a platform's read-only mode): the reaper
+#   says read-only, writes nothing and logs no error; when it is off again the
+#   reaper resumes and releases what was overdue;
 # - SIGTERM (pg_terminate_backend) ends the reaper promptly; so does the death
 #   of the postmaster (SIGKILL), for the reaper and the launcher.
 use strict;
@@ -102,6 +105,36 @@ like($err, qr/outside the valid range for parameter "worker_heartbeat\.reap_inte
 like($err, qr/invalid value for parameter "worker_heartbeat\.reap_interval": "abc"/, 'ALTER SYSTEM refuses abc');
 ($rc, $out, $err) = $node->psql('postgres', q{SET worker_heartbeat.reap_interval = '1s'});
 like($err, qr/cannot be changed now/, 'a session cannot SET it (sighup setting)');
+
+# A platform's read-only mode (default_transaction_read_only, as Supabase sets
+# it when a disk fills): the reaper waits without errors, then resumes.
+$node->safe_psql('postgres', q{
+	SELECT pm_pipeline.set_worker_type_dead_after('fast', '1 second');
+	SELECT pm_pipeline.upsert_worker_heartbeat('ro-victim', 'fast', 'processing');
+	CREATE TABLE public.queue (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz);
+	INSERT INTO public.queue VALUES (1, 'ro-victim', now() + interval '1 hour');
+	SELECT pm_pipeline.register_lease_table('public.queue');
+	ALTER SYSTEM SET default_transaction_read_only = on;
+	SELECT pg_reload_conf();
+});
+my $offset = -s $node->logfile;
+ok($node->poll_query_until('postgres', "SELECT state = 'read-only' FROM pm_pipeline.reaper_status()"),
+	'read-only mode: reaper_status() says read-only');
+# Let the victim's 1 s pass while read-only, with a few wake-ups of the reaper.
+my $t_ro = time;
+usleep(100_000) while time - $t_ro < 1.5;
+is($node->safe_psql('postgres', 'SELECT claimed_by FROM public.queue WHERE id = 1'), 'ro-victim',
+	'read-only mode: nothing released (nothing written)');
+ok(!$node->log_contains(qr/pass failed|read-only transaction/, $offset), 'read-only mode: no error in the log');
+$node->safe_psql('postgres', q{
+	SET default_transaction_read_only = off;
+	ALTER SYSTEM RESET default_transaction_read_only;
+	SELECT pg_reload_conf();
+});
+ok($node->poll_query_until('postgres', 'SELECT claimed_by IS NULL FROM public.queue WHERE id = 1'),
+	'read-only mode over: the reaper resumes and releases the lease');
+is($node->safe_psql('postgres', 'SELECT pid FROM pm_pipeline.reaper_status()'), $reaper,
+	'read-only mode: the same reaper throughout');
 
 # SIGTERM ends it promptly.
 my $t0 = time;
