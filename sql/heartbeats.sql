@@ -152,6 +152,14 @@ SELECT worker_id, status, session_pid = pg_backend_pid() AS bound_here
 SELECT pm_pipeline.upsert_worker_heartbeat('bound-1', 'binder');
 SELECT session_pid FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'bound-1';
 
+-- Rows written behind the API's back (a restore, a COPY) are looked at too:
+-- the reaper's schedule of the next overdue worker is reset by a trigger.
+INSERT INTO pm_pipeline.worker_heartbeats (worker_id, worker_type, last_heartbeat_at, started_at)
+VALUES ('restored-1', 'restored', now() - interval '1 day', now() - interval '2 days');
+SELECT pm_pipeline.release_dead_worker_leases();
+SELECT worker_id, status, death_cause FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'restored-1';
+SELECT tgname, tgrelid::regclass FROM pg_trigger WHERE tgfoid = 'pm_pipeline._worker_rows_changed'::regproc ORDER BY tgrelid::regclass::text;
+
 -- A heartbeat rolled back leaves nothing behind.
 BEGIN;
 SELECT pm_pipeline.upsert_worker_heartbeat('ghost', 'ghosts');

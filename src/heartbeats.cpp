@@ -57,6 +57,8 @@ uint64 DigestOf(const HeartbeatArgs &a)
 	return digest.Value();
 }
 
+bool own_insert_in_progress = false;
+
 // --- the session hook ---------------------------------------------------------
 bool session_hook_installed = false;
 
@@ -163,7 +165,16 @@ Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, Timesta
 			prev.bound_pid = isnull ? 0 : DatumGetInt32(pid);
 			return prev;
 		}
-		spi::Run(spi::Plan(insert_sql, kArgs, types), values, nulls, false);
+		own_insert_in_progress = true;
+		PG_TRY();
+		{
+			spi::Run(spi::Plan(insert_sql, kArgs, types), values, nulls, false);
+		}
+		PG_FINALLY();
+		{
+			own_insert_in_progress = false;
+		}
+		PG_END_TRY();
 		if (SPI_processed > 0) {
 			prev.inserted = true;
 			return prev;
@@ -174,6 +185,11 @@ Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, Timesta
 }
 
 } // namespace
+
+bool OwnInsertInProgress()
+{
+	return own_insert_in_progress;
+}
 
 void CheckIdentifierArg(text *value, const char *what)
 {

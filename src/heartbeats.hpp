@@ -34,6 +34,9 @@ void Beat(const HeartbeatArgs &args);
 bool Stop(text *worker_id);
 int CleanupStale(const catalog::Extension &ext, int64 threshold_us);
 
+// True while Beat() inserts a new worker (the insert trigger need not tell the reaper).
+bool OwnInsertInProgress();
+
 // Raises 22004/22023/22001 for a bad worker_id / worker_type.
 void CheckIdentifierArg(text *value, const char *what);
 

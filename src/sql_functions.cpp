@@ -12,6 +12,7 @@
 extern "C" {
 #include "access/xlog.h"
 #include "commands/dbcommands.h"
+#include "commands/trigger.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "utils/uuid.h"
@@ -25,7 +26,7 @@ PG_FUNCTION_INFO_V1(wh_release_dead_worker_leases);
 PG_FUNCTION_INFO_V1(wh_reaper_status);
 PG_FUNCTION_INFO_V1(wh_start_reaper);
 PG_FUNCTION_INFO_V1(wh_stop_reaper);
-PG_FUNCTION_INFO_V1(wh_schedule_changed);
+PG_FUNCTION_INFO_V1(wh_worker_rows_changed);
 }
 
 namespace {
@@ -238,13 +239,22 @@ Datum wh_stop_reaper(PG_FUNCTION_ARGS)
 	});
 }
 
-// Called by set_worker_type_dead_after(): deadlines may now come sooner.
-Datum wh_schedule_changed(PG_FUNCTION_ARGS)
+// Statement trigger on worker_types and on inserts into worker_heartbeats:
+// deadlines may now come sooner than the reaper's schedule says. The
+// heartbeat's own insert has already told the registry (WorkerBecameLive).
+Datum wh_worker_rows_changed(PG_FUNCTION_ARGS)
 {
 	WH_GUARDED({
-		wh::registry::InvalidateDeathSchedule(MyDatabaseId);
-		wh::registry::Wake(MyDatabaseId);
-		PG_RETURN_VOID();
+		if (!CALLED_AS_TRIGGER(fcinfo))
+			ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+			                errmsg("_worker_rows_changed() is a trigger function")));
+		auto *trigger = reinterpret_cast<TriggerData *>(fcinfo->context);
+		bool own_heartbeat = TRIGGER_FIRED_BY_INSERT(trigger->tg_event) && wh::heartbeats::OwnInsertInProgress();
+		if (!own_heartbeat) {
+			wh::registry::InvalidateDeathSchedule(MyDatabaseId);
+			wh::registry::Wake(MyDatabaseId);
+		}
+		return PointerGetDatum(nullptr);
 	});
 }
 

@@ -81,11 +81,18 @@ AS 'MODULE_PATHNAME', 'wh_cleanup_stale_workers';
 COMMENT ON FUNCTION @extschema@.cleanup_stale_workers(integer) IS
     'Removes workers stopped or dead for longer than the threshold, unless they still hold a lease.';
 
-CREATE FUNCTION @extschema@._schedule_changed()
-RETURNS void
+-- The reaper only scans the workers when one of them can be overdue. Rows
+-- written behind our functions' back (a restore, a COPY, an UPDATE of
+-- worker_types) may change that: these triggers tell it to look again.
+CREATE FUNCTION @extschema@._worker_rows_changed()
+RETURNS trigger
 LANGUAGE c VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'wh_schedule_changed';
+AS 'MODULE_PATHNAME', 'wh_worker_rows_changed';
+CREATE TRIGGER reaper_schedule AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.worker_types
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._worker_rows_changed();
+CREATE TRIGGER reaper_schedule AFTER INSERT ON @extschema@.worker_heartbeats
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._worker_rows_changed();
 
 CREATE FUNCTION @extschema@.set_worker_type_dead_after(p_worker_type text, p_dead_after interval)
 RETURNS void
@@ -107,7 +114,6 @@ BEGIN
         VALUES (p_worker_type, p_dead_after)
         ON CONFLICT (worker_type) DO UPDATE SET dead_after = EXCLUDED.dead_after;
     END IF;
-    PERFORM @extschema@._schedule_changed();
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_worker_type_dead_after(text, interval) IS
