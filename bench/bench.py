@@ -924,7 +924,7 @@ def build_table(P, R):
             met = "yes" if ok else "NO"
             verdicts.append((label, goal[0], ok))
         np_ok = ""
-        if n is not None and s is not None and key not in ("size_first",):
+        if n is not None and s is not None and key not in ("size_first", "claims_vs_none"):
             better = n >= s if hib else n <= s
             np_ok = "yes" if better else "NO"
             verdicts.append((label, "not preloaded at least as good as seed", better))
@@ -1003,8 +1003,9 @@ def main():
                            stdout=subprocess.DEVNULL)
         if r.returncode != 0:
             log("build failed; measuring the seed's design only")
-    ENV.have_ext = os.path.exists(control) and os.path.exists(
-        os.path.join(pg_config("--pkglibdir"), "worker_heartbeat.so"))
+    ENV.so_path = os.path.join(pg_config("--pkglibdir"), "worker_heartbeat.so")
+    ENV.have_ext = os.path.exists(control) and os.path.exists(ENV.so_path)
+    ENV.so_stamp = so_stamp()
     if not ENV.have_ext:
         log("worker_heartbeat is not installed: only the seed's figures are measured")
 
@@ -1075,6 +1076,9 @@ def main():
                       "= %s workers at a 10 s interval, %s at the seed's 30 s\n"
                       % (name, per_core, cores, "{:,}".format(int(per_core * 10)),
                          "{:,}".format(int(per_core * 30))))
+    if ENV.have_ext and so_stamp() != ENV.so_stamp:
+        out.write("WARNING: the installed worker_heartbeat.so changed during this run (someone ran "
+                  "make install): figures may mix two builds; run again\n")
     for k, err in ENV.side_errors.items():
         out.write("%s: %s\n" % ({"ext": "extension (preloaded)", "extnp": "extension (not preloaded)"}.get(k, k), err))
     out.write("figures missing: %s\n" % (", ".join("%s.%s" % m for m in missing) or "none"))
@@ -1085,6 +1089,14 @@ def main():
                        "figures": [k for k, *_ in rows_spec(P)], "missing": missing}, f, indent=1)
     log("done")
     return 0
+
+
+def so_stamp():
+    try:
+        st = os.stat(ENV.so_path)
+        return (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return None
 
 
 def find_seed_sql():
