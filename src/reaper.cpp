@@ -29,9 +29,11 @@ extern "C" {
 #include "utils/snapmgr.h"
 }
 
-namespace wh::reaper {
+namespace wh::reaper
+{
 
-namespace {
+namespace
+{
 
 constexpr const char *kReaperType = "worker_heartbeat reaper";
 constexpr const char *kLauncherType = "worker_heartbeat launcher";
@@ -141,8 +143,7 @@ Step RunOneTickCatchingErrors(bool reap, bool full, int64 *cleanup_due, int *tab
 		SPI_finish(); // no-op when not connected
 		registry::SetLastError(MyDatabaseId, error->message);
 		registry::SetState(MyDatabaseId, "idle");
-		ereport(LOG, (errcode(error->sqlerrcode),
-		              errmsg("worker_heartbeat reaper: pass failed: %s", error->message),
+		ereport(LOG, (errcode(error->sqlerrcode), errmsg("worker_heartbeat reaper: pass failed: %s", error->message),
 		              errhint("The next pass will try again.")));
 		FreeErrorData(error);
 		pgstat_report_activity(STATE_IDLE, nullptr);
@@ -187,9 +188,9 @@ void WaitForStarter()
 	case registry::ClaimResult::AlreadyRunning:
 		proc_exit(0); // never two reapers for one database
 	case registry::ClaimResult::NoFreeSlot:
-		ereport(LOG, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-		              errmsg("worker_heartbeat reaper: too many databases with a reaper (at most %d)",
-		                     registry::kSlots)));
+		ereport(LOG,
+		        (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+		         errmsg("worker_heartbeat reaper: too many databases with a reaper (at most %d)", registry::kSlots)));
 		proc_exit(0);
 	case registry::ClaimResult::Claimed:
 		break;

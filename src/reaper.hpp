@@ -5,7 +5,8 @@
 
 #include "pg.hpp"
 
-namespace wh::reaper {
+namespace wh::reaper
+{
 
 // Registers a dynamic reaper for dboid. wait: block until it has started.
 // Returns false when no background-worker slot was free.

@@ -9,9 +9,11 @@ extern "C" {
 #include "storage/procarray.h"
 }
 
-namespace wh::registry {
+namespace wh::registry
+{
 
-namespace {
+namespace
+{
 
 // How long a database waits between two attempts to start its reaper.
 constexpr int64 kStartBackoffUs = 5 * USECS_PER_SEC;
@@ -48,7 +50,8 @@ Registry *registry = nullptr;
 
 // Lock guard for the spinlock. Nothing inside may ereport (spinlocks are not
 // released by error recovery), so the guarded blocks below only copy fields.
-class Locked {
+class Locked
+{
   public:
 	Locked() { SpinLockAcquire(&registry->mutex); }
 	~Locked() { SpinLockRelease(&registry->mutex); }
@@ -421,8 +424,7 @@ void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_afte
 	if (Slot *slot = FindOrCreate(dboid)) {
 		// Our snapshot saw every change applied before BeginPass(); one
 		// applied since may be invisible to it and must not be lost.
-		bool complete =
-		    pass_generation_valid && pass_dboid == dboid && slot->schedule_generation == pass_generation;
+		bool complete = pass_generation_valid && pass_dboid == dboid && slot->schedule_generation == pass_generation;
 		if (complete)
 			slot->schedule.Checked(next_deadline);
 		else

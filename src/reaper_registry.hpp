@@ -18,7 +18,8 @@ extern "C" {
 #include "storage/latch.h"
 }
 
-namespace wh::registry {
+namespace wh::registry
+{
 
 inline constexpr int kSlots = 32;
 inline constexpr int kEndedSessions = 16;
