@@ -5,6 +5,8 @@
 # v_dead_workers lists it. With the same value as the global setting
 # worker_heartbeat.dead_after it is declared dead within a second.
 #   bench/repro/type_dead_after.sh   -> prints both cases; expected: 'dead' twice
+# Seen with the build installed at 06:56 UTC on 2026-11-29 ('active' in the first
+# case); the build of 07:37 prints 'dead' twice. Kept as a quick check.
 set -e
 B=$(pg_config --bindir)
 run_case() {  # $1 = type | global
