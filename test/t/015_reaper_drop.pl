@@ -1,5 +1,5 @@
-# The reaper never blocks DROP EXTENSION, ALTER DATABASE RENAME or DROP
-# DATABASE (without FORCE), preloaded and not.
+# The reaper never blocks DROP EXTENSION, ALTER DATABASE RENAME, CREATE
+# DATABASE ... TEMPLATE or DROP DATABASE (without FORCE), preloaded and not.
 #
 # DROP DATABASE and RENAME wait up to 5 s for other sessions to leave, then
 # fail with "database is being accessed by other users": the reaper has to
@@ -10,6 +10,7 @@
 #   keeps looking every 500 ms); CREATE EXTENSION brings it back.
 # - ALTER DATABASE RENAME: succeeds; the reaper comes back in the renamed
 #   database (launcher when preloaded, the next heartbeat when not) and works.
+# - CREATE DATABASE ... TEMPLATE: succeeds; the copy gets its own reaper.
 # - DROP DATABASE: succeeds; no reaper is left.
 use strict;
 use warnings;
@@ -100,10 +101,24 @@ worker_heartbeat.launcher_interval = '500ms'
 	ok($node->poll_query_until('renamed', 'SELECT claimed_by IS NULL FROM public.queue WHERE id = 1'),
 		"$mode: and it works there");
 
-	# --- DROP DATABASE (no FORCE) ---
+	# --- CREATE DATABASE ... TEMPLATE (copies need the source to themselves) ---
 	ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
 			WHERE backend_type = 'worker_heartbeat reaper' AND datname = 'renamed'}),
-		"$mode: the reaper runs before DROP DATABASE");
+		"$mode: the reaper runs before CREATE DATABASE ... TEMPLATE");
+	timed($node, 'CREATE DATABASE copied TEMPLATE renamed', "$mode: CREATE DATABASE TEMPLATE with the reaper running");
+	$node->safe_psql('copied', "SELECT pm_pipeline.upsert_worker_heartbeat('in-copy', 'w')") unless $preload;
+	ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+			WHERE backend_type = 'worker_heartbeat reaper' AND datname = 'copied'}),
+		"$mode: the copy gets a reaper of its own");
+	timed($node, 'DROP DATABASE copied', "$mode: DROP DATABASE of the copy with its reaper running");
+
+	# --- DROP DATABASE (no FORCE) ---
+	# The reaper of 'renamed' left for the copy. Not preloaded, a worker's
+	# heartbeats bring it back (heartbeat starts are at most one per 5 s).
+	my $beat = $preload ? '' : "FROM (SELECT pm_pipeline.upsert_worker_heartbeat('after-copy', 'w')) h";
+	ok($node->poll_query_until('renamed', qq{SELECT (SELECT count(*) FROM pg_stat_activity
+			WHERE backend_type = 'worker_heartbeat reaper' AND datname = 'renamed') = 1 $beat}),
+		"$mode: the reaper runs again before DROP DATABASE");
 	timed($node, 'DROP DATABASE renamed', "$mode: DROP DATABASE with the reaper running");
 	is( $node->safe_psql('postgres',
 			"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'worker_heartbeat reaper'"),
