@@ -99,7 +99,8 @@ for my $bad ("'abc'", "'-5s'")
 	is($node->safe_psql('postgres', 'SELECT pid FROM pm_pipeline.reaper_status()'), $reaper, "reap_interval = $bad: same reaper");
 }
 my ($rc, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET worker_heartbeat.reap_interval = '-5s'});
-like($err, qr/outside the valid range for parameter "worker_heartbeat\.reap_interval" \(10 \.\. 3600000\)/,
+# PG 15: "(10 .. 3600000)"; PG 17 adds the unit: "(10 ms .. 3600000 ms)".
+like($err, qr/outside the valid range for parameter "worker_heartbeat\.reap_interval" \(10( ms)? \.\. 3600000( ms)?\)/,
 	'ALTER SYSTEM refuses -5s with the valid range');
 ($rc, $out, $err) = $node->psql('postgres', q{ALTER SYSTEM SET worker_heartbeat.reap_interval = 'abc'});
 like($err, qr/invalid value for parameter "worker_heartbeat\.reap_interval": "abc"/, 'ALTER SYSTEM refuses abc');
