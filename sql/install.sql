@@ -37,6 +37,7 @@ SELECT pg_describe_object(d.classid, d.objid, 0) AS object
   FROM pg_depend d
  WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'worker_heartbeat')
    AND d.deptype = 'e'
+   AND d.classid <> 'pg_type'::regclass  -- row types: listed by PostgreSQL 17, not 15
  ORDER BY 1;
 
 DROP EXTENSION worker_heartbeat;

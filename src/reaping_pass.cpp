@@ -127,8 +127,11 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *d
 	    "UPDATE %s w SET status = 'dead', died_at = $3, death_cause = 'session_ended', "
 	    "session_pid = NULL, session_started_at = NULL "
 	    "FROM gone WHERE w.worker_id OPERATOR(pg_catalog.=) gone.worker_id "
+	    // Checked again on the row as it is now: a stop_worker() that committed
+	    // while we waited for the row wins.
+	    "AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid OPERATOR(pg_catalog.=) gone.session_pid "
 	    "RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, gone.session_pid",
-	    table, kLive, table);
+	    table, kLive, table, kLive);
 	spi::Run(spi::Plan(sql, 3, types), values, nullptr, false);
 	for (uint64 row = 0; row < SPI_processed; ++row) {
 		int r = static_cast<int>(row);
@@ -164,7 +167,9 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	             "LEAST((SELECT pg_catalog.min(t2.dead_after) FROM %s t2), $2) "
 	             "FROM d",
 	             table, types_table, kLive, types_table);
-	spi::Run(spi::Plan(scan_sql, 2, types), values, nullptr, true);
+	// Not read-only: under READ COMMITTED that gives the scan a snapshot of its
+	// own, taken after the caller's BeginPass() (see reaper_registry.hpp).
+	spi::Run(spi::Plan(scan_sql, 2, types), values, nullptr, false);
 	bool ids_null = true, cutoffs_null = true, next_null = true, shortest_null = true;
 	Datum ids = spi::Column(0, 1, &ids_null);
 	Datum cutoffs = spi::Column(0, 2, &cutoffs_null);
@@ -202,6 +207,7 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	             "UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
 	             "session_pid = NULL, session_started_at = NULL "
 	             "FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
+	             "AND w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
 	             "AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
 	             "AND (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after) OPERATOR(pg_catalog.<=) $2 "
 	             "RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "

@@ -163,6 +163,10 @@ Datum wh_release_dead_worker_leases(PG_FUNCTION_ARGS)
 {
 	WH_GUARDED({
 		wh::catalog::Extension ext = wh::catalog::RequireExtension();
+		// Under READ COMMITTED the pass's scan takes a snapshot after this, so
+		// its check may set the reaper's schedule like the reaper's own does.
+		if (!IsolationUsesXactSnapshot())
+			wh::registry::BeginPass(MyDatabaseId);
 		ConnectSpi();
 		wh::reaping::PassResult result = wh::reaping::RunPass(ext, wh::reaping::PassOptions{false, false});
 		SPI_finish();
