@@ -129,7 +129,8 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *d
 	    "FROM gone WHERE w.worker_id OPERATOR(pg_catalog.=) gone.worker_id "
 	    // Checked again on the row as it is now: a stop_worker() that committed
 	    // while we waited for the row wins.
-	    "AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid OPERATOR(pg_catalog.=) gone.session_pid "
+	    "AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid IS NOT NULL " // the partial index
+	    "AND w.session_pid OPERATOR(pg_catalog.=) gone.session_pid "
 	    "RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, gone.session_pid",
 	    table, kLive, table, kLive);
 	spi::Run(spi::Plan(sql, 3, types), values, nullptr, false);
