@@ -29,7 +29,8 @@ PG_FUNCTION_INFO_V1(wh_stop_reaper);
 PG_FUNCTION_INFO_V1(wh_worker_rows_changed);
 }
 
-namespace {
+namespace
+{
 
 text *TextArg(FunctionCallInfo fcinfo, int n)
 {
@@ -97,8 +98,7 @@ Datum wh_cleanup_stale_workers(PG_FUNCTION_ARGS)
 {
 	WH_GUARDED({
 		if (PG_ARGISNULL(0))
-			ereport(ERROR,
-			        (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("p_threshold_minutes must not be null")));
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("p_threshold_minutes must not be null")));
 		int32 minutes = PG_GETARG_INT32(0);
 		if (minutes <= 0)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -179,8 +179,8 @@ Datum wh_reaper_status(PG_FUNCTION_ARGS)
 	WH_GUARDED({
 		InitMaterializedSRF(fcinfo, 0);
 		auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
-		wh::registry::SlotView *views = static_cast<wh::registry::SlotView *>(
-		    palloc(sizeof(wh::registry::SlotView) * wh::registry::kSlots));
+		wh::registry::SlotView *views =
+		    static_cast<wh::registry::SlotView *>(palloc(sizeof(wh::registry::SlotView) * wh::registry::kSlots));
 		int n = wh::registry::Snapshot(views, wh::registry::kSlots);
 		for (int i = 0; i < n; ++i) {
 			const wh::registry::SlotView &v = views[i];
@@ -213,14 +213,14 @@ Datum wh_start_reaper(PG_FUNCTION_ARGS)
 {
 	WH_GUARDED({
 		if (RecoveryInProgress())
-			ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-			                errmsg("the reaper does not run on a standby"),
+			ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION), errmsg("the reaper does not run on a standby"),
 			                errdetail("It starts by itself after promotion.")));
 		(void)wh::catalog::RequireExtension();
 		wh::registry::ClearStop(MyDatabaseId);
 		if (wh::registry::ReaperRunning(MyDatabaseId))
 			PG_RETURN_BOOL(false);
-		if (!wh::reaper::StartForDatabase(MyDatabaseId, !IsBinaryUpgrade && GetTopTransactionIdIfAny() == InvalidTransactionId))
+		if (!wh::reaper::StartForDatabase(MyDatabaseId,
+		                                  !IsBinaryUpgrade && GetTopTransactionIdIfAny() == InvalidTransactionId))
 			ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_RESOURCES), errmsg("could not start the reaper"),
 			                errhint("Raise max_worker_processes: every database with worker_heartbeat needs one "
 			                        "background worker.")));
