@@ -93,13 +93,16 @@ void FlushHeartbeats(const catalog::Extension &ext)
 }
 
 // Workers bound to sessions that ended (or no longer exist) are dead.
-void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *deaths)
+void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, Deaths *deaths)
 {
 	registry::EndedSession ended[registry::kEndedSessions];
 	bool requested = false;
 	// Always looked at: the partial index on session_pid holds only live
 	// session-bound workers, at most one per open connection.
 	int n = registry::TakeEndedSessions(MyDatabaseId, ended, registry::kEndedSessions, &requested);
+	// Read the clock after the ring: a session may have ended since the pass
+	// began, and its death must not be dated before its end.
+	TimestampTz now = Max(pass_start, GetCurrentTimestamp());
 	int32 pids[registry::kEndedSessions];
 	Datum pid_datums[registry::kEndedSessions];
 	Datum start_datums[registry::kEndedSessions];
@@ -140,8 +143,8 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz now, Deaths *d
 		Death d = ReadDeath(r, "session_ended");
 		int32 pid = DatumGetInt32(spi::Column(r, 4, &isnull));
 		for (int i = 0; i < n; ++i)
-			if (pids[i] == pid && now >= ended[i].ended_at)
-				d.latency_us = now - ended[i].ended_at;
+			if (pids[i] == pid)
+				d.latency_us = Max(static_cast<int64>(0), now - ended[i].ended_at);
 		cache::TryMarkDead(MyDatabaseId, d.worker_id, static_cast<int>(strlen(d.worker_id)), PG_INT64_MAX);
 		deaths->Add(d);
 	}
