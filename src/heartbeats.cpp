@@ -92,26 +92,27 @@ struct Previous {
 	int32 bound_pid;
 };
 
-// The table's counterpart of the cache's fast path: only the timestamp moves,
-// and only when every other argument equals what the row already holds (a
-// live worker, bound to this very session if p_session_bound). Anything else
-// is left to WriteRow(). A plain statement, cheap to plan and HOT to apply.
-bool TouchUnchangedRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
+// $1 id, $2 type, $3 status, $4 run, $5 task, $6 lease deadline, $7 metadata,
+// $8 pid and $9 backend start when session-bound (else NULL), $10 the time.
+constexpr int kBeatArgs = 10;
+const Oid kBeatArgTypes[kBeatArgs] = {TEXTOID,        TEXTOID,  TEXTOID, UUIDOID,        TEXTOID,
+                                      TIMESTAMPTZOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+
+void FillBeatArgs(const HeartbeatArgs &a, TimestampTz now, Datum *values, char *nulls)
 {
-	constexpr int kArgs = 10;
-	static const Oid types[kArgs] = {TEXTOID,        TEXTOID,  TEXTOID, UUIDOID,        TEXTOID,
-	                                 TIMESTAMPTZOID, JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum values[kArgs] = {PointerGetDatum(a.worker_id),
-	                       PointerGetDatum(a.worker_type),
-	                       PointerGetDatum(a.status),
-	                       a.run_id ? UUIDPGetDatum(a.run_id) : (Datum)0,
-	                       a.task ? PointerGetDatum(a.task) : (Datum)0,
-	                       TimestampTzGetDatum(a.lease_expires),
-	                       a.metadata ? JsonbPGetDatum(a.metadata) : (Datum)0,
-	                       Int32GetDatum(MyProcPid),
-	                       TimestampTzGetDatum(MyStartTimestamp),
-	                       TimestampTzGetDatum(now)};
-	char nulls[kArgs + 1] = "          ";
+	values[0] = PointerGetDatum(a.worker_id);
+	values[1] = PointerGetDatum(a.worker_type);
+	values[2] = PointerGetDatum(a.status);
+	values[3] = a.run_id ? UUIDPGetDatum(a.run_id) : (Datum)0;
+	values[4] = a.task ? PointerGetDatum(a.task) : (Datum)0;
+	values[5] = TimestampTzGetDatum(a.lease_expires);
+	values[6] = a.metadata ? JsonbPGetDatum(a.metadata) : (Datum)0;
+	values[7] = Int32GetDatum(MyProcPid);
+	values[8] = TimestampTzGetDatum(MyStartTimestamp);
+	values[9] = TimestampTzGetDatum(now);
+	for (int i = 0; i < kBeatArgs; ++i)
+		nulls[i] = ' ';
+	nulls[kBeatArgs] = '\0';
 	if (!a.run_id)
 		nulls[3] = 'n';
 	if (!a.task)
@@ -122,6 +123,18 @@ bool TouchUnchangedRow(const catalog::Extension &ext, const HeartbeatArgs &a, Ti
 		nulls[6] = 'n';
 	if (!a.session_bound)
 		nulls[7] = nulls[8] = 'n';
+}
+
+// The table's counterpart of the cache's fast path: only the timestamp moves,
+// and only when every other argument equals what the row already holds (a
+// live worker, bound to this very session if p_session_bound). Anything else
+// is left to WriteRow(). A plain statement, cheap to plan and HOT to apply.
+bool TouchUnchangedRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
+{
+	constexpr int kArgs = kBeatArgs;
+	Datum values[kArgs];
+	char nulls[kArgs + 1];
+	FillBeatArgs(a, now, values, nulls);
 	char *sql = psprintf(
 	    "UPDATE %s SET last_heartbeat_at = $10 WHERE worker_id OPERATOR(pg_catalog.=) $1 "
 	    "AND worker_type OPERATOR(pg_catalog.=) $2 AND status OPERATOR(pg_catalog.=) $3 "
@@ -130,41 +143,24 @@ bool TouchUnchangedRow(const catalog::Extension &ext, const HeartbeatArgs &a, Ti
 	    "AND ($7::pg_catalog.jsonb IS NULL OR (metadata OPERATOR(pg_catalog.||) $7) OPERATOR(pg_catalog.=) metadata) "
 	    "AND session_pid IS NOT DISTINCT FROM $8 AND session_started_at IS NOT DISTINCT FROM $9",
 	    catalog::Qualified(ext, "worker_heartbeats"));
-	spi::Run(spi::Plan(sql, kArgs, types), values, nulls, false);
+	spi::Run(spi::Plan(sql, kArgs, kBeatArgTypes), values, nulls, false);
 	return SPI_processed > 0;
 }
 
 // One row written, or found bound to another session. Returns what was there before.
 Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
 {
-	constexpr int kArgs = 12;
+	// $1-$10 as in FillBeatArgs; $11, $12: this session, to compare with the bound one.
+	constexpr int kArgs = kBeatArgs + 2;
 	static const Oid types[kArgs] = {TEXTOID,  TEXTOID, TEXTOID,        UUIDOID,        TEXTOID, TIMESTAMPTZOID,
 	                                 JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
-	Datum values[kArgs] = {
-	    PointerGetDatum(a.worker_id),
-	    PointerGetDatum(a.worker_type),
-	    PointerGetDatum(a.status),
-	    a.run_id ? UUIDPGetDatum(a.run_id) : (Datum)0,
-	    a.task ? PointerGetDatum(a.task) : (Datum)0,
-	    TimestampTzGetDatum(a.lease_expires),
-	    a.metadata ? JsonbPGetDatum(a.metadata) : (Datum)0,
-	    Int32GetDatum(MyProcPid),
-	    TimestampTzGetDatum(MyStartTimestamp),
-	    TimestampTzGetDatum(now),
-	    Int32GetDatum(MyProcPid),
-	    TimestampTzGetDatum(MyStartTimestamp),
-	};
-	char nulls[kArgs + 1] = "            ";
-	if (!a.run_id)
-		nulls[3] = 'n';
-	if (!a.task)
-		nulls[4] = 'n';
-	if (!a.has_lease_expires)
-		nulls[5] = 'n';
-	if (!a.metadata)
-		nulls[6] = 'n';
-	if (!a.session_bound)
-		nulls[7] = nulls[8] = 'n';
+	Datum values[kArgs];
+	char nulls[kArgs + 1];
+	FillBeatArgs(a, now, values, nulls);
+	values[10] = Int32GetDatum(MyProcPid);
+	values[11] = TimestampTzGetDatum(MyStartTimestamp);
+	nulls[10] = nulls[11] = ' ';
+	nulls[12] = '\0';
 
 	const char *table = catalog::Qualified(ext, "worker_heartbeats");
 	// The self-join returns the row as it was: its status (revived? restarted?)
