@@ -8,9 +8,13 @@ extern "C" {
 #include "catalog/pg_extension.h"
 #include "utils/acl.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 }
+
+#include <cstring>
 
 namespace wh::catalog
 {
@@ -37,6 +41,36 @@ bool FindExtension(Extension *out)
 	if (!name)
 		return false;
 	out->schema_quoted = quote_identifier(name);
+	return true;
+}
+
+bool FindExtensionCached(Extension *out)
+{
+	// DROP EXTENSION drops the table, ALTER EXTENSION SET SCHEMA moves it,
+	// ALTER SCHEMA RENAME renames the schema: each breaks one of the checks.
+	static Extension cached;
+	static Oid marker = InvalidOid; // worker_heartbeats of the cached extension
+	static char *schema_name = nullptr;
+	if (marker != InvalidOid && get_rel_namespace(marker) == cached.schema) {
+		char *name = get_namespace_name(cached.schema);
+		if (name && strcmp(name, schema_name) == 0) {
+			*out = cached;
+			return true;
+		}
+	}
+	marker = InvalidOid;
+	if (!FindExtension(out))
+		return false;
+	Oid table = get_relname_relid("worker_heartbeats", out->schema);
+	char *name = get_namespace_name(out->schema);
+	if (table == InvalidOid || !name)
+		return true; // found, but not cacheable: ask again next time
+	cached = *out;
+	cached.schema_quoted = MemoryContextStrdup(TopMemoryContext, out->schema_quoted);
+	if (schema_name)
+		pfree(schema_name);
+	schema_name = MemoryContextStrdup(TopMemoryContext, name);
+	marker = table;
 	return true;
 }
 

@@ -16,6 +16,11 @@ struct Extension {
 
 // False when worker_heartbeat is not installed in the current database.
 bool FindExtension(Extension *out);
+// FindExtension for the reaper, which asks every pass: the answer of the last
+// call, kept while our worker_heartbeats table is still in the same schema
+// under the same name (checked in the syscache, cheap and kept current by
+// invalidation messages); looked up again otherwise.
+bool FindExtensionCached(Extension *out);
 // Like FindExtension, but raises a clear ERROR when missing.
 Extension RequireExtension();
 

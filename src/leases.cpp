@@ -1,5 +1,7 @@
 #include "leases.hpp"
 
+#include "expiry_probe.hpp"
+
 #include "settings.hpp"
 #include "spi_plans.hpp"
 
@@ -68,13 +70,22 @@ const char *QuotedOrNull(const char *name)
 	return name ? quote_identifier(name) : nullptr;
 }
 
-// Loads every registration (or only relid's), with its assignments, in one statement.
-Table *LoadTables(const catalog::Extension &ext, int *count, Oid only = InvalidOid)
+} // namespace
+
+char *RegistrationsFingerprintSql(const catalog::Extension &ext)
+{
+	return psprintf("(SELECT COALESCE(pg_catalog.string_agg(f.ctid::pg_catalog.text OPERATOR(pg_catalog.||) "
+	                "f.xmin::pg_catalog.text, ',' ORDER BY f.ctid), '') FROM %s f)",
+	                catalog::Qualified(ext, "lease_tables"));
+}
+
+Table *LoadTables(const catalog::Extension &ext, int *count, Oid only, char **fingerprint)
 {
 	bool fenced = CatalogHasFencing(ext);
 	char *sql = psprintf(
 	    "SELECT l.table_name::pg_catalog.oid, l.worker_column::pg_catalog.text, "
-	    "l.expires_column::pg_catalog.text, l.registered_as, a.key, a.value OPERATOR(pg_catalog.#>>) '{}', a.kind, %s "
+	    "l.expires_column::pg_catalog.text, l.registered_as, a.key, a.value OPERATOR(pg_catalog.#>>) '{}', a.kind, %s, "
+	    "%s "
 	    "FROM %s l LEFT JOIN LATERAL ("
 	    " SELECT 'r'::pg_catalog.text AS kind, e.key, e.value FROM pg_catalog.jsonb_each(l.on_release) e"
 	    " UNION ALL SELECT 'x'::pg_catalog.text, e.key, e.value FROM pg_catalog.jsonb_each(%s) e) a ON true %s "
@@ -82,12 +93,15 @@ Table *LoadTables(const catalog::Extension &ext, int *count, Oid only = InvalidO
 	    fenced ? "l.token_column::pg_catalog.text, l.attempts_column::pg_catalog.text, "
 	             "l.order_column::pg_catalog.text, l.max_attempts"
 	           : "NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.int4",
+	    fingerprint ? RegistrationsFingerprintSql(ext) : "NULL::pg_catalog.text",
 	    catalog::Qualified(ext, "lease_tables"), fenced ? "l.on_exhausted" : "'{}'::pg_catalog.jsonb",
 	    only != InvalidOid ? "WHERE l.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "");
 	Oid types[1] = {OIDOID};
 	Datum values[1] = {ObjectIdGetDatum(only)};
 	spi::Run(spi::Plan(sql, only != InvalidOid ? 1 : 0, types), values, nullptr, true);
 	int rows = static_cast<int>(SPI_processed);
+	if (fingerprint)
+		*fingerprint = rows > 0 ? spi::ColumnText(0, 12) : pstrdup("");
 	auto *tables = static_cast<Table *>(palloc0(sizeof(Table) * (rows > 0 ? rows : 1)));
 	int n = 0;
 	for (int row = 0; row < rows; ++row) {
@@ -128,6 +142,23 @@ Table *LoadTables(const catalog::Extension &ext, int *count, Oid only = InvalidO
 	*count = n;
 	return tables;
 }
+
+// lock_timeout and search_path for the statements of a pass, undone by
+// AtEOXact_GUC(true, <the returned level>).
+int EnterPassSettings(bool safe_search_path)
+{
+	int nest = NewGUCNestLevel();
+	char timeout[32];
+	snprintf(timeout, sizeof timeout, "%dms", settings::pass_lock_timeout_ms);
+	(void)set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (safe_search_path)
+		(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
+		                        0, false);
+	return nest;
+}
+
+namespace
+{
 
 bool CanExhaust(const Table &t)
 {
@@ -270,6 +301,29 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 	return released;
 }
 
+} // namespace
+
+void CommitSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner)
+{
+	ReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(outer_context);
+	CurrentResourceOwner = outer_owner;
+}
+
+ErrorData *AbandonSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner)
+{
+	MemoryContextSwitchTo(outer_context);
+	ErrorData *error = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(outer_context);
+	CurrentResourceOwner = outer_owner;
+	return error;
+}
+
+namespace
+{
+
 // Releases one table inside a subtransaction, as its owner. Returns -1 when
 // the table failed (reported, rolled back, skipped).
 int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options, events::Batch *batch)
@@ -281,12 +335,7 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 	MemoryContextSwitchTo(outer_context);
 	PG_TRY();
 	{
-		int nest = NewGUCNestLevel();
-		char timeout[32];
-		snprintf(timeout, sizeof timeout, "%dms", settings::pass_lock_timeout_ms);
-		(void)set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-		                        0, false);
+		int nest = EnterPassSettings(true); // the table owner's functions must not see theirs
 		Oid saved_user = InvalidOid;
 		int saved_context = 0;
 		GetUserIdAndSecContext(&saved_user, &saved_context);
@@ -303,18 +352,11 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 		released = n;
 		SetUserIdAndSecContext(saved_user, saved_context);
 		AtEOXact_GUC(true, nest);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(outer_context);
-		CurrentResourceOwner = outer_owner;
+		CommitSubtransaction(outer_context, outer_owner);
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(outer_context);
-		ErrorData *error = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(outer_context);
-		CurrentResourceOwner = outer_owner;
+		ErrorData *error = AbandonSubtransaction(outer_context, outer_owner);
 		ereport(options.warn_each_call ? WARNING : LOG,
 		        (errcode(error->sqlerrcode),
 		         errmsg("worker_heartbeat: skipped releasing leases in table %s: %s", t.label, error->message),
@@ -627,7 +669,7 @@ const Table *FindTable(const catalog::Extension &ext, Oid relid)
 	if (owner != InvalidOid)
 		SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
 	int count = 0;
-	Table *tables = LoadTables(ext, &count, relid);
+	Table *tables = LoadTables(ext, &count, relid, nullptr);
 	SetUserIdAndSecContext(saved_user, saved_context);
 	return count > 0 ? &tables[0] : nullptr;
 }
@@ -683,10 +725,17 @@ ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions 
 	if (options.holder_count == 0 && !options.expired)
 		return result;
 	int count = 0;
-	Table *tables = LoadTables(ext, &count);
+	const Table *tables = nullptr;
+	const bool *expired = nullptr; // NULL: release every table
 	Datum holders = HolderArray(options);
+	if (holders == (Datum)0)
+		expired = ProbeExpired(ext, &tables, &count);
+	if (!expired)
+		tables = LoadTables(ext, &count, InvalidOid, nullptr);
 	for (int i = 0; i < count; ++i) {
 		const Table &t = tables[i];
+		if (expired && t.exists && !expired[i])
+			continue; // nobody to release, and no lease past its deadline
 		if (!t.exists) {
 			if (options.warn_each_call || FirstReportOfMissing(t.relid))
 				ereport(options.warn_each_call ? WARNING : LOG,
@@ -711,7 +760,7 @@ bool *HoldsAnyLease(const catalog::Extension &ext, Datum *worker_ids, int count)
 	if (count == 0)
 		return holds;
 	int table_count = 0;
-	Table *tables = LoadTables(ext, &table_count);
+	Table *tables = LoadTables(ext, &table_count, InvalidOid, nullptr);
 	Datum ids = PointerGetDatum(construct_array(worker_ids, count, TEXTOID, -1, false, TYPALIGN_INT));
 	Oid types[1] = {TEXTARRAYOID};
 	for (int i = 0; i < table_count; ++i) {

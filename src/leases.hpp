@@ -46,6 +46,26 @@ struct Table {
 	int exhausted_count;
 };
 
+// Every registration (or only relid's), with its assignments, in one
+// statement. fingerprint (optional): RegistrationsFingerprintSql's value in
+// the same snapshot.
+Table *LoadTables(const catalog::Extension &ext, int *count, Oid only, char **fingerprint);
+// A scalar subquery whose text value changes whenever a row of lease_tables
+// is inserted, updated or deleted (its ctids and xmins).
+char *RegistrationsFingerprintSql(const catalog::Extension &ext);
+// lock_timeout = pass_lock_timeout (and, when asked, search_path =
+// pg_catalog, pg_temp: triggers and casts of the user's table run under it)
+// for the statements of a pass, undone by AtEOXact_GUC(true, <the returned
+// nest level>).
+int EnterPassSettings(bool safe_search_path);
+
+// The two ends of an internal subtransaction (BeginInternalSubTransaction,
+// then PG_TRY): commit it, or roll it back from PG_CATCH and take its error
+// (in the outer context; FreeErrorData it). Both restore the outer memory
+// context and resource owner.
+void CommitSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner);
+ErrorData *AbandonSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner);
+
 // The registration of relid, NULL when it is not registered. Read as the
 // extension's owner (the fencing functions run with the caller's rights).
 const Table *FindTable(const catalog::Extension &ext, Oid relid);

@@ -87,7 +87,7 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 	registry::BeginPass(MyDatabaseId); // before the snapshot: see reaper_registry.hpp
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog::Extension ext;
-	if (!catalog::FindExtension(&ext)) {
+	if (!catalog::FindExtensionCached(&ext)) {
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		return Step::ExtensionGone;

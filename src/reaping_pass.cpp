@@ -92,14 +92,27 @@ void FlushHeartbeats(const catalog::Extension &ext)
 	spi::Run(spi::Plan(sql, 2, types), values, nullptr, false);
 }
 
+// A session that ends tells its reaper (the ended-session ring). Sessions
+// that ended without telling (the ring overflowed; a row restored with a pid)
+// are found by the reaper's sweep this often, and on every full pass.
+constexpr int64 kSessionSweepUs = 10 * USECS_PER_SEC;
+TimestampTz next_session_sweep = 0; // the reaper's first pass sweeps
+
 // Workers bound to sessions that ended (or no longer exist) are dead.
-void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, Deaths *deaths)
+void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, const PassOptions &options,
+                       Deaths *deaths)
 {
 	registry::EndedSession ended[registry::kEndedSessions];
 	bool requested = false;
-	// Always looked at: the partial index on session_pid holds only live
-	// session-bound workers, at most one per open connection.
 	int n = registry::TakeEndedSessions(MyDatabaseId, ended, registry::kEndedSessions, &requested);
+	// The statement is cheap (the partial index on session_pid holds only live
+	// session-bound workers, at most one per connection), but the reaper's
+	// idle pass runs nothing it can skip. A pass called from SQL always looks.
+	bool sweep = !options.from_reaper || options.full || requested || pass_start >= next_session_sweep;
+	if (n == 0 && !sweep)
+		return;
+	if (sweep && options.from_reaper)
+		next_session_sweep = pass_start + kSessionSweepUs;
 	// Read the clock after the ring: a session may have ended since the pass
 	// began, and its death must not be dated before its end.
 	TimestampTz now = Max(pass_start, GetCurrentTimestamp());
@@ -263,7 +276,7 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 
 	FlushHeartbeats(ext);
 	Deaths deaths{nullptr, 0, 0};
-	FindSessionDeaths(ext, now, &deaths);
+	FindSessionDeaths(ext, now, options, &deaths);
 	FindTimeoutDeaths(ext, now, options.full, &deaths);
 
 	leases::Holder *holders = nullptr;
