@@ -5,6 +5,7 @@
 #include "settings.hpp"
 #include "spi_plans.hpp"
 
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -231,12 +232,15 @@ char *ReleaseStatement(const Table &t, bool by_worker)
 	                t.worker_column, exhausted, t.qualified, condition, t.qualified, ReleaseSetList(t));
 }
 
+// options.holders is sorted by ReleaseLeases: a pass with 1000 dead workers
+// looks up each (holder, table) group of its release statements.
 const Holder *FindHolder(const ReleaseOptions &options, const char *worker_id)
 {
-	for (int i = 0; worker_id && i < options.holder_count; ++i)
-		if (strcmp(options.holders[i].worker_id, worker_id) == 0)
-			return &options.holders[i];
-	return nullptr;
+	if (!worker_id || options.holder_count == 0)
+		return nullptr;
+	Holder key{worker_id, -1, -1};
+	return static_cast<const Holder *>(
+	    bsearch(&key, options.holders, options.holder_count, sizeof(Holder), CompareHolders));
 }
 
 void FillAssignmentParams(const Assignment *list, int count, Oid *types, Datum *values, char *nulls)
@@ -302,6 +306,11 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 }
 
 } // namespace
+
+int CompareHolders(const void *a, const void *b)
+{
+	return strcmp(static_cast<const Holder *>(a)->worker_id, static_cast<const Holder *>(b)->worker_id);
+}
 
 void CommitSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner)
 {
@@ -719,11 +728,18 @@ bool Unregister(const catalog::Extension &ext, Oid relid)
 	return SPI_processed > 0;
 }
 
-ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions &options, events::Batch *batch)
+ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions &unsorted, events::Batch *batch)
 {
 	ReleaseResult result{0, 0};
-	if (options.holder_count == 0 && !options.expired)
+	if (unsorted.holder_count == 0 && !unsorted.expired)
 		return result;
+	ReleaseOptions options = unsorted;
+	if (options.holder_count > 1) {
+		auto *sorted = static_cast<Holder *>(palloc(sizeof(Holder) * options.holder_count));
+		memcpy(sorted, unsorted.holders, sizeof(Holder) * options.holder_count);
+		qsort(sorted, options.holder_count, sizeof(Holder), CompareHolders);
+		options.holders = sorted;
+	}
 	int count = 0;
 	const Table *tables = nullptr;
 	const bool *expired = nullptr; // NULL: release every table

@@ -103,6 +103,9 @@ struct Holder {
 	int64 latency_us;    // < 0: unknown
 };
 
+// qsort / bsearch order of Holder by worker_id.
+int CompareHolders(const void *a, const void *b);
+
 struct ReleaseOptions {
 	const Holder *holders; // release every lease of these workers
 	int holder_count;

@@ -7,6 +7,7 @@
 #include "settings.hpp"
 #include "spi_plans.hpp"
 
+#include <cstdlib>
 #include <cstring>
 
 extern "C" {
@@ -253,13 +254,13 @@ void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Hol
 	for (int i = 0; i < deaths->count; ++i)
 		all[n++] =
 		    leases::Holder{deaths->items[i].worker_id, deaths->items[i].silent_for_us, deaths->items[i].latency_us};
+	// This pass's deaths, sorted, so that each earlier death is one lookup.
+	int this_pass = n;
+	qsort(all, this_pass, sizeof(leases::Holder), leases::CompareHolders);
 	for (int i = 0; i < extra; ++i) {
-		char *id = spi::ColumnText(i, 1);
-		bool already = false;
-		for (int k = 0; k < deaths->count && !already; ++k)
-			already = strcmp(deaths->items[k].worker_id, id) == 0;
-		if (!already)
-			all[n++] = leases::Holder{id, -1, -1};
+		leases::Holder earlier{spi::ColumnText(i, 1), -1, -1};
+		if (!bsearch(&earlier, all, this_pass, sizeof(leases::Holder), leases::CompareHolders))
+			all[n++] = earlier;
 	}
 	*holders = all;
 	*holder_count = n;

@@ -39,8 +39,8 @@ void Define()
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomIntVariable("worker_heartbeat.max_workers",
 		                        "Workers the shared-memory heartbeat cache can hold (needs shared_preload_libraries).",
-		                        "Workers beyond this write every heartbeat to the table.", &max_workers, max_workers, 16,
-		                        10 * 1000 * 1000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+		                        "Workers beyond this write every heartbeat to the table.", &max_workers, max_workers,
+		                        16, 10 * 1000 * 1000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
 	MarkGUCPrefixReserved("worker_heartbeat");
 }
 
