@@ -6,6 +6,7 @@
 
 extern "C" {
 #include "access/xact.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -22,7 +23,8 @@ namespace
 struct KeptTables {
 	MemoryContext context;
 	bool valid;
-	Oid lease_tables; // the relid they were read from (a new extension: reload)
+	uint64 invalidations; // counted even while reloading (see Reload)
+	Oid lease_tables;     // the relid they were read from (a new extension: reload)
 	Table *tables;
 	int count;
 	char *fingerprint;
@@ -33,6 +35,7 @@ KeptTables kept{};
 void Forget()
 {
 	kept.valid = false;
+	kept.invalidations++;
 }
 
 // Names, owners and column types are copied into Table: a change to a
@@ -40,8 +43,6 @@ void Forget()
 // itself (ALTER EXTENSION UPDATE) sends a relcache invalidation for it.
 void OnRelcacheInvalidation(Datum, Oid relid)
 {
-	if (!kept.valid)
-		return;
 	if (relid == InvalidOid || relid == kept.lease_tables) {
 		Forget();
 		return;
@@ -116,6 +117,12 @@ void Reload(const catalog::Extension &ext, Oid lease_tables)
 	}
 	kept.valid = false;
 	MemoryContextReset(kept.context);
+	kept.tables = nullptr;
+	kept.count = 0;
+	// An invalidation processed while loading (at any lock the statement
+	// takes) may be about a name or owner already copied: then the result is
+	// used for this pass only and loaded again at the next.
+	uint64 invalidations = kept.invalidations;
 	char *fingerprint = nullptr;
 	int count = 0;
 	Table *tables = LoadTables(ext, &count, InvalidOid, &fingerprint);
@@ -124,7 +131,7 @@ void Reload(const catalog::Extension &ext, Oid lease_tables)
 	kept.fingerprint = MemoryContextStrdup(kept.context, fingerprint ? fingerprint : "");
 	kept.probe_sql = MemoryContextStrdup(kept.context, BuildProbeSql(ext));
 	kept.lease_tables = lease_tables;
-	kept.valid = true;
+	kept.valid = kept.invalidations == invalidations;
 }
 
 // Runs the probe; false when the registrations changed since they were loaded.

@@ -335,7 +335,8 @@ namespace
 
 // Releases one table inside a subtransaction, as its owner. Returns -1 when
 // the table failed (reported, rolled back, skipped).
-int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options, events::Batch *batch)
+int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options, events::Batch *batch,
+                    const char **failure)
 {
 	MemoryContext outer_context = CurrentMemoryContext;
 	ResourceOwner outer_owner = CurrentResourceOwner;
@@ -371,6 +372,7 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 		         errmsg("worker_heartbeat: skipped releasing leases in table %s: %s", t.label, error->message),
 		         error->detail ? errdetail_internal("%s", error->detail) : 0,
 		         errhint("The next pass will try again.")));
+		*failure = psprintf("skipped releasing leases in table %s: %s", t.label, error->message);
 		FreeErrorData(error);
 		released = -1;
 	}
@@ -730,7 +732,7 @@ bool Unregister(const catalog::Extension &ext, Oid relid)
 
 ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions &unsorted, events::Batch *batch)
 {
-	ReleaseResult result{0, 0};
+	ReleaseResult result{0, 0, nullptr};
 	if (unsorted.holder_count == 0 && !unsorted.expired)
 		return result;
 	ReleaseOptions options = unsorted;
@@ -759,9 +761,10 @@ ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions 
 				         errmsg("worker_heartbeat: registered table %s no longer exists; skipping it", t.label),
 				         errhint("SELECT unregister_lease_table(%u);", t.relid)));
 			result.tables_failed++;
+			result.last_failure = psprintf("registered table %s no longer exists", t.label);
 			continue;
 		}
-		int released = ReleaseOneTable(t, holders, options, batch);
+		int released = ReleaseOneTable(t, holders, options, batch, &result.last_failure);
 		if (released < 0)
 			result.tables_failed++;
 		else

@@ -117,6 +117,7 @@ struct ReleaseOptions {
 struct ReleaseResult {
 	int released;
 	int tables_failed;
+	const char *last_failure; // the last table skipped, and why; NULL: none
 };
 
 ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions &options, events::Batch *batch);

@@ -310,6 +310,8 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 	result.declared_dead = deaths.count;
 	result.released = released.released;
 	result.tables_failed = released.tables_failed;
+	if (options.from_reaper && released.last_failure)
+		registry::SetLastError(MyDatabaseId, released.last_failure); // reaper_status() shows it
 	instr_time elapsed;
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, start);

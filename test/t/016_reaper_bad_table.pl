@@ -7,6 +7,7 @@
 # app.t_good. Session-bound workers holding leases in them are killed:
 # - the leases in t_good come back at once, and the log names each bad table
 #   with the reason; the reaper keeps its pid and keeps making passes;
+# - reaper_status().last_error names the last table skipped and why;
 # - the locked table is skipped after the lock timeout while the lock is held,
 #   a live worker is not held up meanwhile (heartbeat and an UPDATE of t_good
 #   finish quickly), and its lease is released once the lock is gone;
@@ -97,6 +98,10 @@ ok( $node->wait_for_log(
 		$log_offset),
 	'the log names the table whose on_release value no longer casts, and why');
 is(holder('t_cast', 1), 'victim-1', 'the broken table was left as it was (its update rolled back)');
+like(
+	$node->safe_psql('postgres', 'SELECT last_error FROM pm_pipeline.reaper_status()'),
+	qr/^(registered table app\.t_gone no longer exists|skipped releasing leases in table app\.t_cast: invalid input syntax)/,
+	'reaper_status().last_error names a skipped table');
 my $passes = $node->safe_psql('postgres', 'SELECT passes FROM pm_pipeline.reaper_status()');
 ok($node->poll_query_until('postgres', "SELECT passes > $passes + 3 FROM pm_pipeline.reaper_status()"),
 	'the next passes run');
@@ -123,6 +128,10 @@ diag(sprintf('locked table: lease in t_good back after %.0f ms', (time - $t0) * 
 ok( $node->wait_for_log(qr/skipped releasing leases in table app\.t_locked: canceling statement due to lock timeout/,
 		$log_offset),
 	'the log names the locked table and the lock timeout');
+ok( $node->poll_query_until('postgres',
+		q{SELECT last_error LIKE 'skipped releasing leases in table app.t_locked: canceling statement due to lock timeout%'
+		    FROM pm_pipeline.reaper_status()}),
+	'reaper_status().last_error says which table was skipped, and why');
 
 # A live worker is not held up by the reaper meanwhile.
 # Timed inside the server, so that a loaded machine's psql start-up does not count.
