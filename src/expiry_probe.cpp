@@ -5,11 +5,27 @@
 #include <cstring>
 
 extern "C" {
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/relation.h"
+#include "access/stratnum.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_am_d.h"
+#include "catalog/pg_index.h"
+#include "commands/defrem.h"
+#include "common/hashfn.h"
+#include "executor/tuptable.h"
+#include "nodes/primnodes.h"
+#include "storage/lmgr.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 }
 
@@ -27,8 +43,10 @@ struct KeptTables {
 	Oid lease_tables;     // the relid they were read from (a new extension: reload)
 	Table *tables;
 	int count;
-	char *fingerprint;
-	char *probe_sql;
+	uint64 fingerprint; // of lease_tables' rows, taken before they were read
+	Oid *expires_index; // per table: a btree on its expires column, InvalidOid: none
+	bool all_indexed;   // every existing table has one: the direct probe can run
+	char *probe_sql;    // otherwise, this statement
 };
 KeptTables kept{};
 
@@ -58,11 +76,11 @@ void OnNamespaceInvalidation(Datum, int, uint32)
 	Forget();
 }
 
-char *BuildProbeSql(const catalog::Extension &ext)
+char *BuildProbeSql()
 {
 	StringInfoData sql;
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s", RegistrationsFingerprintSql(ext));
+	appendStringInfoString(&sql, "SELECT true");
 	for (int i = 0; i < kept.count; ++i) {
 		const Table &t = kept.tables[i];
 		if (!t.exists)
@@ -72,6 +90,71 @@ char *BuildProbeSql(const catalog::Extension &ext)
 			                 t.qualified, t.expires_column);
 	}
 	return sql.data;
+}
+
+// A hash of the (ctid, xmin) of every row of lease_tables, which the caller
+// has locked: any INSERT, UPDATE or DELETE (a registration, a restore) changes
+// it. False when the table is gone.
+bool Fingerprint(Oid relid, uint64 *out)
+{
+	Relation rel = try_relation_open(relid, NoLock);
+	if (!rel)
+		return false;
+	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);
+	uint64 hash = 0;
+	uint64 rows = 0;
+	HeapTuple tuple;
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
+		uint64 position = (static_cast<uint64>(ItemPointerGetBlockNumber(&tuple->t_self)) << 16) |
+		                  ItemPointerGetOffsetNumber(&tuple->t_self);
+		hash = hash_combine64(hash, position);
+		hash = hash_combine64(hash, HeapTupleHeaderGetRawXmin(tuple->t_data));
+		rows++;
+	}
+	table_endscan(scan);
+	relation_close(rel, NoLock);
+	*out = hash_combine64(hash, rows);
+	return true;
+}
+
+// "WHERE expires IS NOT NULL", the partial index register_lease_table()'s
+// users tend to create: it holds every row with a deadline.
+bool PredicateKeepsAllDeadlines(List *predicate, AttrNumber expires)
+{
+	if (predicate == NIL)
+		return true;
+	if (list_length(predicate) != 1 || !IsA(linitial(predicate), NullTest))
+		return false;
+	auto *test = static_cast<NullTest *>(linitial(predicate));
+	return test->nulltesttype == IS_NOT_NULL && IsA(test->arg, Var) &&
+	       reinterpret_cast<Var *>(test->arg)->varattno == expires;
+}
+
+// A valid btree, ascending, on the expires column first, with the default
+// timestamptz operators and no predicate that could hide an expired row: the
+// direct probe reads its first entry below now().
+Oid FindExpiresIndex(Oid relid, AttrNumber expires)
+{
+	if (expires == InvalidAttrNumber)
+		return InvalidOid;
+	Oid opfamily = get_opclass_family(GetDefaultOpClass(TIMESTAMPTZOID, BTREE_AM_OID));
+	Relation rel = table_open(relid, AccessShareLock);
+	List *indexes = RelationGetIndexList(rel);
+	Oid found = InvalidOid;
+	ListCell *cell;
+	foreach (cell, indexes) {
+		Relation index = index_open(lfirst_oid(cell), AccessShareLock);
+		Form_pg_index form = index->rd_index;
+		if (found == InvalidOid && index->rd_rel->relam == BTREE_AM_OID && form->indisvalid && form->indisready &&
+		    form->indislive && form->indnkeyatts >= 1 && form->indkey.values[0] == expires &&
+		    index->rd_opfamily[0] == opfamily && (index->rd_indoption[0] & INDOPTION_DESC) == 0 &&
+		    PredicateKeepsAllDeadlines(RelationGetIndexPredicate(index), expires))
+			found = RelationGetRelid(index);
+		index_close(index, AccessShareLock);
+	}
+	list_free(indexes);
+	table_close(rel, AccessShareLock);
+	return found;
 }
 
 const char *Keep(const char *text)
@@ -117,36 +200,119 @@ void Reload(const catalog::Extension &ext, Oid lease_tables)
 	}
 	kept.valid = false;
 	MemoryContextReset(kept.context);
+	kept.lease_tables = InvalidOid;
 	kept.tables = nullptr;
 	kept.count = 0;
 	// An invalidation processed while loading (at any lock the statement
 	// takes) may be about a name or owner already copied: then the result is
 	// used for this pass only and loaded again at the next.
 	uint64 invalidations = kept.invalidations;
-	char *fingerprint = nullptr;
+	// The fingerprint before the rows: a change in between only costs
+	// another reload at the next pass.
+	LockRelationOid(lease_tables, AccessShareLock);
+	uint64 fingerprint = 0;
+	if (!Fingerprint(lease_tables, &fingerprint))
+		return;
 	int count = 0;
-	Table *tables = LoadTables(ext, &count, InvalidOid, &fingerprint);
+	Table *tables = LoadTables(ext, &count, InvalidOid);
 	kept.tables = KeepTables(tables, count);
 	kept.count = count;
-	kept.fingerprint = MemoryContextStrdup(kept.context, fingerprint ? fingerprint : "");
-	kept.probe_sql = MemoryContextStrdup(kept.context, BuildProbeSql(ext));
+	kept.fingerprint = fingerprint;
+	kept.expires_index = static_cast<Oid *>(MemoryContextAllocZero(kept.context, sizeof(Oid) * (count + 1)));
+	kept.all_indexed = true;
+	for (int i = 0; i < count; ++i) {
+		if (!kept.tables[i].exists)
+			continue;
+		kept.expires_index[i] = FindExpiresIndex(kept.tables[i].relid, kept.tables[i].expires_attnum);
+		kept.all_indexed = kept.all_indexed && kept.expires_index[i] != InvalidOid;
+	}
+	kept.probe_sql = MemoryContextStrdup(kept.context, BuildProbeSql());
 	kept.lease_tables = lease_tables;
 	kept.valid = kept.invalidations == invalidations;
 }
 
-// Runs the probe; false when the registrations changed since they were loaded.
-bool RunProbe(bool *expired)
+// Is any row's deadline below now() in this index? 1 yes, 0 no, -1 cannot
+// tell without waiting for a lock (or the table is gone).
+int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
+{
+	if (!ConditionalLockRelationOid(relid, AccessShareLock))
+		return -1;
+	Relation rel = try_relation_open(relid, NoLock);
+	if (!rel)
+		return -1;
+	if (!ConditionalLockRelationOid(index_relid, AccessShareLock)) {
+		relation_close(rel, NoLock);
+		return -1;
+	}
+	Relation index = try_relation_open(index_relid, NoLock);
+	if (!index || index->rd_rel->relkind != RELKIND_INDEX) {
+		if (index)
+			relation_close(index, NoLock);
+		relation_close(rel, NoLock);
+		return -1;
+	}
+	ScanKeyData key;
+	ScanKeyInit(&key, 1, BTLessStrategyNumber, F_TIMESTAMPTZ_LT, TimestampTzGetDatum(now));
+	IndexScanDesc scan = index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
+	index_rescan(scan, &key, 1, nullptr, 0);
+	TupleTableSlot *slot = table_slot_create(rel, nullptr);
+	bool found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	relation_close(index, NoLock);
+	relation_close(rel, NoLock);
+	return found ? 1 : 0;
+}
+
+// The idle pass's usual way: no statement, no subtransaction, no waiting
+// (every lock is taken only if free). NULL when it cannot tell: the
+// registrations changed, a lock is taken, a table has no usable index.
+bool *ProbeDirect()
+{
+	if (!kept.valid || !kept.all_indexed)
+		return nullptr;
+	if (!ConditionalLockRelationOid(kept.lease_tables, AccessShareLock) || !kept.valid)
+		return nullptr; // taking a lock processes invalidations: look again
+	uint64 fingerprint = 0;
+	if (!Fingerprint(kept.lease_tables, &fingerprint))
+		return nullptr;
+	if (fingerprint != kept.fingerprint) {
+		Forget();
+		return nullptr;
+	}
+	// now(), as the release statements see it.
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	auto *expired = static_cast<bool *>(palloc0(sizeof(bool) * (kept.count + 1)));
+	for (int i = 0; i < kept.count; ++i) {
+		if (!kept.tables[i].exists)
+			continue;
+		int found = ProbeIndex(kept.tables[i].relid, kept.expires_index[i], now);
+		if (found < 0 || !kept.valid)
+			return nullptr;
+		expired[i] = found > 0;
+	}
+	return expired;
+}
+
+void RunProbeStatement(bool *expired)
 {
 	spi::Run(spi::Plan(kept.probe_sql, 0, nullptr), nullptr, nullptr, true);
-	char *fingerprint = spi::ColumnText(0, 1);
-	if (!fingerprint || strcmp(fingerprint, kept.fingerprint) != 0)
-		return false;
 	for (int i = 0; i < kept.count; ++i) {
 		bool isnull = true;
 		Datum value = spi::Column(0, i + 2, &isnull);
 		expired[i] = !isnull && DatumGetBool(value);
 	}
-	return true;
+}
+
+// The registrations are still the ones kept (lease_tables locked, waiting
+// at most lock_timeout).
+bool StillCurrent(Oid lease_tables)
+{
+	if (!kept.valid || kept.lease_tables != lease_tables)
+		return false;
+	LockRelationOid(lease_tables, AccessShareLock);
+	uint64 fingerprint = 0;
+	return kept.valid && Fingerprint(lease_tables, &fingerprint) && fingerprint == kept.fingerprint;
 }
 
 } // namespace
@@ -161,6 +327,15 @@ const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, in
 	Oid lease_tables = get_relname_relid("lease_tables", ext.schema);
 	if (lease_tables == InvalidOid)
 		return nullptr;
+	if (kept.lease_tables == lease_tables) {
+		if (bool *direct = ProbeDirect()) {
+			*tables = kept.tables;
+			*count = kept.count;
+			return direct;
+		}
+	}
+	// Load the registrations again if they changed, and ask in SQL, in a
+	// subtransaction that waits for a lock at most pass_lock_timeout.
 	MemoryContext outer_context = CurrentMemoryContext;
 	ResourceOwner outer_owner = CurrentResourceOwner;
 	bool *volatile expired = nullptr;
@@ -169,16 +344,12 @@ const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, in
 	PG_TRY();
 	{
 		int nest = EnterPassSettings(false); // the probe's SQL is fully qualified
-		if (!kept.valid || kept.lease_tables != lease_tables)
+		if (!StillCurrent(lease_tables))
 			Reload(ext, lease_tables);
-		bool *result = static_cast<bool *>(palloc0(sizeof(bool) * (kept.count + 1)));
-		if (!RunProbe(result)) {
-			// Registered or unregistered since: load them again (the new
-			// fingerprint is read in the same snapshot as the rows).
-			Reload(ext, lease_tables);
-			result = static_cast<bool *>(repalloc(result, sizeof(bool) * (kept.count + 1)));
-			if (!RunProbe(result))
-				result = nullptr; // changing under us: do it the long way
+		bool *result = nullptr;
+		if (kept.lease_tables == lease_tables) { // loaded (lease_tables still exists)
+			result = static_cast<bool *>(palloc0(sizeof(bool) * (kept.count + 1)));
+			RunProbeStatement(result);
 		}
 		expired = result;
 		AtEOXact_GUC(true, nest);

@@ -1,14 +1,16 @@
-// The idle pass's one statement: which registered tables have a lease past
-// its deadline (only those get a release statement), and whether the
-// registrations changed since they were loaded.
+// The idle pass's question: which registered tables have a lease past its
+// deadline (only those get a release statement).
 //
 // A pass with no dead worker to release used to run, per registered table, a
 // subtransaction with its settings and a release statement, plus the
 // statement that loads the registrations. On a quiet fleet all of them find
-// nothing, and on a quiet machine each costs milliseconds of cold caches. The
-// probe asks all of it in one statement, against registrations kept between
-// passes (reloaded when the probe's fingerprint of lease_tables changes, or an
-// invalidation touches a registered table, lease_tables or a schema).
+// nothing. Now the registrations are kept between passes (reloaded when a
+// fingerprint of lease_tables' rows changes, or an invalidation touches a
+// registered table, lease_tables or a schema), and the question is answered
+// by reading the first entry below now() of each table's btree index on its
+// expires column: no statement, no subtransaction, no lock waited for. When
+// that cannot be done (a table without a usable index, a lock taken by
+// someone, the registrations changed) one SQL statement asks instead.
 #pragma once
 
 #include "leases.hpp"

@@ -73,20 +73,12 @@ const char *QuotedOrNull(const char *name)
 
 } // namespace
 
-char *RegistrationsFingerprintSql(const catalog::Extension &ext)
-{
-	return psprintf("(SELECT COALESCE(pg_catalog.string_agg(f.ctid::pg_catalog.text OPERATOR(pg_catalog.||) "
-	                "f.xmin::pg_catalog.text, ',' ORDER BY f.ctid), '') FROM %s f)",
-	                catalog::Qualified(ext, "lease_tables"));
-}
-
-Table *LoadTables(const catalog::Extension &ext, int *count, Oid only, char **fingerprint)
+Table *LoadTables(const catalog::Extension &ext, int *count, Oid only)
 {
 	bool fenced = CatalogHasFencing(ext);
 	char *sql = psprintf(
 	    "SELECT l.table_name::pg_catalog.oid, l.worker_column::pg_catalog.text, "
-	    "l.expires_column::pg_catalog.text, l.registered_as, a.key, a.value OPERATOR(pg_catalog.#>>) '{}', a.kind, %s, "
-	    "%s "
+	    "l.expires_column::pg_catalog.text, l.registered_as, a.key, a.value OPERATOR(pg_catalog.#>>) '{}', a.kind, %s "
 	    "FROM %s l LEFT JOIN LATERAL ("
 	    " SELECT 'r'::pg_catalog.text AS kind, e.key, e.value FROM pg_catalog.jsonb_each(l.on_release) e"
 	    " UNION ALL SELECT 'x'::pg_catalog.text, e.key, e.value FROM pg_catalog.jsonb_each(%s) e) a ON true %s "
@@ -94,15 +86,12 @@ Table *LoadTables(const catalog::Extension &ext, int *count, Oid only, char **fi
 	    fenced ? "l.token_column::pg_catalog.text, l.attempts_column::pg_catalog.text, "
 	             "l.order_column::pg_catalog.text, l.max_attempts"
 	           : "NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.int4",
-	    fingerprint ? RegistrationsFingerprintSql(ext) : "NULL::pg_catalog.text",
 	    catalog::Qualified(ext, "lease_tables"), fenced ? "l.on_exhausted" : "'{}'::pg_catalog.jsonb",
 	    only != InvalidOid ? "WHERE l.table_name::pg_catalog.oid OPERATOR(pg_catalog.=) $1" : "");
 	Oid types[1] = {OIDOID};
 	Datum values[1] = {ObjectIdGetDatum(only)};
 	spi::Run(spi::Plan(sql, only != InvalidOid ? 1 : 0, types), values, nullptr, true);
 	int rows = static_cast<int>(SPI_processed);
-	if (fingerprint)
-		*fingerprint = rows > 0 ? spi::ColumnText(0, 12) : pstrdup("");
 	auto *tables = static_cast<Table *>(palloc0(sizeof(Table) * (rows > 0 ? rows : 1)));
 	int n = 0;
 	for (int row = 0; row < rows; ++row) {
@@ -117,7 +106,9 @@ Table *LoadTables(const catalog::Extension &ext, int *count, Oid only, char **fi
 			t.label = current ? current : spi::ColumnText(row, 4);
 			t.qualified = current;
 			t.worker_column = quote_identifier(spi::ColumnText(row, 2));
-			t.expires_column = quote_identifier(spi::ColumnText(row, 3));
+			char *expires = spi::ColumnText(row, 3);
+			t.expires_column = quote_identifier(expires);
+			t.expires_attnum = t.exists ? get_attnum(relid, expires) : InvalidAttrNumber;
 			t.token_column = QuotedOrNull(spi::ColumnText(row, 8));
 			t.attempts_column = QuotedOrNull(spi::ColumnText(row, 9));
 			t.order_column = QuotedOrNull(spi::ColumnText(row, 10));
@@ -680,7 +671,7 @@ const Table *FindTable(const catalog::Extension &ext, Oid relid)
 	if (owner != InvalidOid)
 		SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
 	int count = 0;
-	Table *tables = LoadTables(ext, &count, relid, nullptr);
+	Table *tables = LoadTables(ext, &count, relid);
 	SetUserIdAndSecContext(saved_user, saved_context);
 	return count > 0 ? &tables[0] : nullptr;
 }
@@ -749,7 +740,7 @@ ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions 
 	if (holders == (Datum)0)
 		expired = ProbeExpired(ext, &tables, &count);
 	if (!expired)
-		tables = LoadTables(ext, &count, InvalidOid, nullptr);
+		tables = LoadTables(ext, &count, InvalidOid);
 	for (int i = 0; i < count; ++i) {
 		const Table &t = tables[i];
 		if (expired && t.exists && !expired[i])
@@ -779,7 +770,7 @@ bool *HoldsAnyLease(const catalog::Extension &ext, Datum *worker_ids, int count)
 	if (count == 0)
 		return holds;
 	int table_count = 0;
-	Table *tables = LoadTables(ext, &table_count, InvalidOid, nullptr);
+	Table *tables = LoadTables(ext, &table_count, InvalidOid);
 	Datum ids = PointerGetDatum(construct_array(worker_ids, count, TEXTOID, -1, false, TYPALIGN_INT));
 	Oid types[1] = {TEXTARRAYOID};
 	for (int i = 0; i < table_count; ++i) {

@@ -36,6 +36,7 @@ struct Table {
 	const char *qualified;       // quoted schema.table
 	const char *worker_column;   // quoted
 	const char *expires_column;  // quoted
+	AttrNumber expires_attnum;   // InvalidAttrNumber: the table or the column is gone
 	const char *token_column;    // quoted, NULL: none (or a 1.0 catalog)
 	const char *attempts_column; // quoted, NULL: none
 	const char *order_column;    // quoted, NULL: none
@@ -46,13 +47,9 @@ struct Table {
 	int exhausted_count;
 };
 
-// Every registration (or only relid's), with its assignments, in one
-// statement. fingerprint (optional): RegistrationsFingerprintSql's value in
-// the same snapshot.
-Table *LoadTables(const catalog::Extension &ext, int *count, Oid only, char **fingerprint);
-// A scalar subquery whose text value changes whenever a row of lease_tables
-// is inserted, updated or deleted (its ctids and xmins).
-char *RegistrationsFingerprintSql(const catalog::Extension &ext);
+// Every registration (or only relid's, InvalidOid: all), with its
+// assignments, in one statement.
+Table *LoadTables(const catalog::Extension &ext, int *count, Oid only);
 // lock_timeout = pass_lock_timeout (and, when asked, search_path =
 // pg_catalog, pg_temp: triggers and casts of the user's table run under it)
 // for the statements of a pass, undone by AtEOXact_GUC(true, <the returned

@@ -1,8 +1,10 @@
 # The reaper's idle pass keeps state between passes, and that state must follow
 # every change (preloaded; reap_interval 200 ms):
-# - expired leases are found by one probe statement over the registrations the
-#   reaper keeps; a registration added or removed, a registered table renamed
-#   or moved, its schema renamed, all take effect at the next pass;
+# - expired leases are found by a probe over the registrations the reaper
+#   keeps (an index read per table, or one statement when a table has no usable
+#   index); a registration added or removed, a registered table renamed or
+#   moved, its schema renamed, an index created or dropped, all take effect at
+#   the next pass;
 # - the extension's own schema is remembered too: renaming it does not stop
 #   the reaper;
 # - a session-bound worker whose session ended without telling the reaper (a
@@ -99,6 +101,55 @@ is($node->safe_psql('postgres', 'SELECT claimed_by FROM other.q1_renamed WHERE i
 # The control for the check above: the same lease in a registered table goes.
 expire('app2.q2', 1);
 released('app2.q2', 1, 'while the same lease in a registered table is released');
+
+# How the probe reads each table: a plain or "expires IS NOT NULL" btree on the
+# expires column is read directly; no index, a descending one, or a partial
+# index that could hide a deadline make the reaper ask in SQL. Expired leases
+# are released either way, and after the index is dropped.
+$node->safe_psql('postgres', q{
+	DO $$
+	DECLARE t text;
+	BEGIN
+	  FOREACH t IN ARRAY ARRAY['p_plain', 'p_notnull', 'p_none', 'p_desc', 'p_partial'] LOOP
+	    EXECUTE format('CREATE TABLE app2.%I (id int PRIMARY KEY, state text NOT NULL DEFAULT ''pending'',
+	                    claimed_by text, lease_expires_at timestamptz)', t);
+	    EXECUTE format('INSERT INTO app2.%I (id) SELECT g FROM generate_series(1, 3) g', t);
+	  END LOOP;
+	END $$;
+	CREATE INDEX p_plain_expires ON app2.p_plain (lease_expires_at);
+	CREATE INDEX ON app2.p_notnull (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+	CREATE INDEX ON app2.p_desc (lease_expires_at DESC);
+	CREATE INDEX ON app2.p_partial (lease_expires_at) WHERE state = 'claimed';
+});
+sub register
+{
+	my @tables = @_;
+	$node->safe_psql('postgres', join '',
+		map { "SELECT pm_pipeline.register_lease_table('app2.$_', p_on_release => '{\"state\": \"pending\"}');\n" }
+		  @tables);
+}
+register('p_plain', 'p_notnull', 'p_partial');
+# First with only indexed tables: a lease that expired in a row the partial
+# index does not hold (its state is not 'claimed') must not be missed by
+# reading that index. A few passes first, so that the registrations are kept
+# and the probe is not the one that follows a reload.
+$passes = $node->safe_psql('postgres', 'SELECT passes FROM pm_pipeline.reaper_status()');
+ok($node->poll_query_until('postgres', "SELECT passes > $passes + 3 FROM pm_pipeline.reaper_status()"),
+	'passes go on after registering');
+$node->safe_psql('postgres',
+	"UPDATE app2.p_partial SET state = 'done', claimed_by = 'live', lease_expires_at = now() - interval '1 ms' WHERE id = 2");
+ok( $node->poll_query_until('postgres',
+		'SELECT claimed_by IS NULL AND lease_expires_at IS NULL FROM app2.p_partial WHERE id = 2'),
+	'p_partial: a lease the partial index does not hold is released');
+register('p_none', 'p_desc');
+for my $t ('p_plain', 'p_notnull', 'p_none', 'p_desc', 'p_partial')
+{
+	expire("app2.$t", 1);
+	released("app2.$t", 1, "$t: an expired lease is released");
+}
+$node->safe_psql('postgres', 'DROP INDEX app2.p_plain_expires');
+expire('app2.p_plain', 2);
+released('app2.p_plain', 2, 'p_plain: its index dropped, an expired lease is still released');
 
 # A session-bound worker whose session is gone, without the session telling:
 # its row names a backend that does not exist (what a restore brings back).
