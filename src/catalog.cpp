@@ -65,6 +65,8 @@ bool FindExtensionCached(Extension *out)
 	char *name = get_namespace_name(out->schema);
 	if (table == InvalidOid || !name)
 		return true; // found, but not cacheable: ask again next time
+	if (cached.schema_quoted)
+		pfree(const_cast<char *>(cached.schema_quoted));
 	cached = *out;
 	cached.schema_quoted = MemoryContextStrdup(TopMemoryContext, out->schema_quoted);
 	if (schema_name)

@@ -244,8 +244,11 @@ int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
 		relation_close(rel, NoLock);
 		return -1;
 	}
+	// REINDEX CONCURRENTLY swaps in a new index and marks this one dead: it
+	// stops receiving entries (its table's invalidation reloads us next pass).
 	Relation index = try_relation_open(index_relid, NoLock);
-	if (!index || index->rd_rel->relkind != RELKIND_INDEX) {
+	if (!index || index->rd_rel->relkind != RELKIND_INDEX || !index->rd_index->indisvalid ||
+	    !index->rd_index->indisready || !index->rd_index->indislive) {
 		if (index)
 			relation_close(index, NoLock);
 		relation_close(rel, NoLock);
