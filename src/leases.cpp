@@ -336,7 +336,7 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 	MemoryContextSwitchTo(outer_context);
 	PG_TRY();
 	{
-		int nest = EnterPassSettings(true); // the table owner's functions must not see theirs
+		int nest = EnterPassSettings(true); // the triggers and casts of the user's table run under it
 		Oid saved_user = InvalidOid;
 		int saved_context = 0;
 		GetUserIdAndSecContext(&saved_user, &saved_context);
