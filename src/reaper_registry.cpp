@@ -506,6 +506,18 @@ int TakeEndedSessions(Oid dboid, EndedSession *out, int max, bool *check_all)
 	return n;
 }
 
+int PeekEndedSessions(Oid dboid, EndedSession *out, int max)
+{
+	Attach();
+	Locked lock;
+	Slot *slot = Find(dboid);
+	if (!slot)
+		return 0;
+	int n = slot->ended_count < max ? slot->ended_count : max;
+	memcpy(out, slot->ended, sizeof(EndedSession) * n);
+	return n;
+}
+
 void RequestSessionCheck(Oid dboid)
 {
 	Attach();

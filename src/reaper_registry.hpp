@@ -109,6 +109,9 @@ void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, Timestamp
 // Copies out (and clears) the sessions that ended; *check_all is set when
 // some were lost (ring full) or a full check was asked for.
 int TakeEndedSessions(Oid dboid, EndedSession *out, int max, bool *check_all);
+// The same without taking them: sessions that ended while a pass was running
+// stay for the next pass.
+int PeekEndedSessions(Oid dboid, EndedSession *out, int max);
 void RequestSessionCheck(Oid dboid);
 
 // --- views -------------------------------------------------------------------

@@ -151,6 +151,11 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 	    "RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, gone.session_pid",
 	    table, kLive, table, kLive);
 	spi::Run(spi::Plan(sql, 3, types), values, nullptr, false);
+	// A session that ended after the ring was taken, and whose backend was
+	// gone by the time the statement looked, is found dead here too: its
+	// entry is in the ring now (its latency: found as soon as it ended).
+	registry::EndedSession later[registry::kEndedSessions];
+	int n_later = -1; // not looked yet
 	for (uint64 row = 0; row < SPI_processed; ++row) {
 		int r = static_cast<int>(row);
 		bool isnull = false;
@@ -159,6 +164,13 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 		for (int i = 0; i < n; ++i)
 			if (pids[i] == pid)
 				d.latency_us = Max(static_cast<int64>(0), now - ended[i].ended_at);
+		if (d.latency_us < 0) {
+			if (n_later < 0)
+				n_later = registry::PeekEndedSessions(MyDatabaseId, later, registry::kEndedSessions);
+			for (int i = 0; i < n_later; ++i)
+				if (later[i].pid == pid)
+					d.latency_us = Max(static_cast<int64>(0), now - later[i].ended_at);
+		}
 		cache::TryMarkDead(MyDatabaseId, d.worker_id, static_cast<int>(strlen(d.worker_id)), PG_INT64_MAX);
 		deaths->Add(d);
 	}
