@@ -490,32 +490,37 @@ void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, Timestamp
 		SetLatch(latch);
 }
 
-int TakeEndedSessions(Oid dboid, EndedSession *out, int max, bool *check_all)
+namespace
+{
+// Copies out the slot's ended sessions; with take, clears them (and the
+// request for a full check, returned in *check_all).
+int CopyEndedSessions(Oid dboid, EndedSession *out, int max, bool take, bool *check_all)
 {
 	Attach();
 	Locked lock;
-	*check_all = false;
 	Slot *slot = Find(dboid);
 	if (!slot)
 		return 0;
 	int n = slot->ended_count < max ? slot->ended_count : max;
 	memcpy(out, slot->ended, sizeof(EndedSession) * n);
-	*check_all = slot->session_check_requested;
-	slot->ended_count = 0;
-	slot->session_check_requested = false;
+	if (take) {
+		*check_all = slot->session_check_requested;
+		slot->ended_count = 0;
+		slot->session_check_requested = false;
+	}
 	return n;
+}
+} // namespace
+
+int TakeEndedSessions(Oid dboid, EndedSession *out, int max, bool *check_all)
+{
+	*check_all = false;
+	return CopyEndedSessions(dboid, out, max, true, check_all);
 }
 
 int PeekEndedSessions(Oid dboid, EndedSession *out, int max)
 {
-	Attach();
-	Locked lock;
-	Slot *slot = Find(dboid);
-	if (!slot)
-		return 0;
-	int n = slot->ended_count < max ? slot->ended_count : max;
-	memcpy(out, slot->ended, sizeof(EndedSession) * n);
-	return n;
+	return CopyEndedSessions(dboid, out, max, false, nullptr);
 }
 
 void RequestSessionCheck(Oid dboid)
