@@ -10,7 +10,8 @@ OBJS        = $(CXX_SOURCES:.cpp=.o)
 # Install scripts are assembled from the parts under src/sql/<version>/.
 SQL_10_PARTS := $(sort $(wildcard src/sql/1.0/*.sql))
 SQL_11_PARTS := $(sort $(wildcard src/sql/1.1/*.sql))
-DATA_built   = worker_heartbeat--1.0.sql worker_heartbeat--1.0--1.1.sql
+SQL_12_PARTS := $(sort $(wildcard src/sql/1.2/*.sql))
+DATA_built   = worker_heartbeat--1.0.sql worker_heartbeat--1.0--1.1.sql worker_heartbeat--1.1--1.2.sql
 
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
@@ -38,6 +39,9 @@ worker_heartbeat--1.0.sql: $(SQL_10_PARTS)
 	cat $^ > $@
 
 worker_heartbeat--1.0--1.1.sql: $(SQL_11_PARTS)
+	cat $^ > $@
+
+worker_heartbeat--1.1--1.2.sql: $(SQL_12_PARTS)
 	cat $^ > $@
 
 # PGXS links C++ objects with the C compiler's rules; make sure C++ objects
