@@ -1,9 +1,12 @@
 #include "heartbeat_cache.hpp"
 
 #include "core/worker_status.hpp"
+#include "reaper_registry.hpp"
 #include "settings.hpp"
+#include "shared_state.hpp"
 
 #include <cstring>
+#include <type_traits>
 
 extern "C" {
 #include "access/xact.h"
@@ -34,86 +37,83 @@ struct Entry {
 	TimestampTz flushed_beat;
 };
 
+// Shared memory holds these as raw bytes; the key is hashed as a blob.
+static_assert(std::is_trivially_copyable<Entry>::value && offsetof(Entry, key) == 0);
+// Bump when Key or Entry changes: the segment's name carries it.
+constexpr int kLayoutVersion = 2;
+
 HTAB *table = nullptr;
 LWLock *lock = nullptr;
 bool requested = false;
 
-Key MakeKey(Oid dboid, const char *worker_id, int len)
+// False for an id the cache cannot hold (longer than any valid worker_id: a
+// row restored or written around the CHECK): such a worker is never cached
+// and always goes to the table.
+bool MakeKey(Oid dboid, const char *worker_id, int len, Key *key)
 {
-	Key key;
-	memset(&key, 0, sizeof key);
-	key.dboid = dboid;
-	memcpy(key.worker_id, worker_id, len);
-	return key;
+	if (len < 0 || static_cast<size_t>(len) > core::kMaxIdentifierBytes)
+		return false;
+	memset(key, 0, sizeof *key);
+	key->dboid = dboid;
+	memcpy(key->worker_id, worker_id, len);
+	return true;
 }
 
-// Entries written by this transaction, applied when it commits, dropped when
-// it (or the subtransaction that wrote them) aborts.
-struct PendingBeat {
-	Beat beat;
-	char id[core::kMaxIdentifierBytes + 1];
-	int nest_level;
-};
-PendingBeat *pending = nullptr;
-int pending_count = 0;
-int pending_capacity = 0;
-bool callbacks_registered = false;
+// The effects below run when the transaction ends (shared_state.hpp): they
+// take the cache's LWLock and an entry's spinlock, and cannot ereport.
 
-void ApplyPending()
+// A beat written to the table: i[0] function oid, i[1] digest, i[2] bound pid, i[3] time.
+void ApplyRemember(const effects::Effect &e)
 {
+	Key key;
+	if (!MakeKey(e.dboid, e.id, e.id_len, &key))
+		return;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	for (int i = 0; i < pending_count; ++i) {
-		const Beat &beat = pending[i].beat;
-		Key key = MakeKey(beat.dboid, pending[i].id, beat.worker_id_len);
-		bool found = false;
-		auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_ENTER_NULL, &found));
-		if (!entry)
-			continue; // cache full: this worker keeps writing the table
+	bool found = false;
+	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_ENTER_NULL, &found));
+	if (entry) { // else the cache is full: this worker keeps writing the table
 		if (!found)
 			SpinLockInit(&entry->mutex);
 		SpinLockAcquire(&entry->mutex);
+		TimestampTz at = e.i[3];
 		entry->live = true;
-		entry->function_oid = beat.function_oid;
-		entry->digest = beat.digest;
-		entry->bound_pid = beat.bound_pid;
-		if (!found || beat.at > entry->last_beat)
-			entry->last_beat = beat.at;
-		entry->flushed_beat = entry->last_beat;
+		entry->function_oid = static_cast<Oid>(e.i[0]);
+		entry->digest = static_cast<uint64>(e.i[1]);
+		entry->bound_pid = static_cast<int32>(e.i[2]);
+		if (!found || at > entry->last_beat)
+			entry->last_beat = at;
+		if (!found || at > entry->flushed_beat)
+			entry->flushed_beat = at;
 		SpinLockRelease(&entry->mutex);
 	}
 	LWLockRelease(lock);
 }
 
-void OnXact(XactEvent event, void *)
+// A flush committed: i[0] the beat it wrote.
+void ApplyFlushed(const effects::Effect &e)
 {
-	switch (event) {
-	case XACT_EVENT_COMMIT:
-	case XACT_EVENT_PARALLEL_COMMIT:
-		if (pending_count > 0)
-			ApplyPending();
-		pending_count = 0;
-		break;
-	case XACT_EVENT_ABORT:
-	case XACT_EVENT_PARALLEL_ABORT:
-		pending_count = 0;
-		break;
-	default:
-		break;
-	}
-}
-
-void OnSubXact(SubXactEvent event, SubTransactionId, SubTransactionId, void *)
-{
-	if (event != SUBXACT_EVENT_ABORT_SUB)
+	Key key;
+	if (!MakeKey(e.dboid, e.id, e.id_len, &key))
 		return;
-	int level = GetCurrentTransactionNestLevel();
-	while (pending_count > 0 && pending[pending_count - 1].nest_level >= level)
-		--pending_count;
+	LWLockAcquire(lock, LW_SHARED);
+	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_FIND, nullptr));
+	if (entry) {
+		SpinLockAcquire(&entry->mutex);
+		if (e.i[0] > entry->flushed_beat)
+			entry->flushed_beat = e.i[0];
+		SpinLockRelease(&entry->mutex);
+	}
+	LWLockRelease(lock);
 }
 
 Size TableSize()
 {
 	return hash_estimate_size(settings::max_workers, sizeof(Entry));
+}
+
+void TableName(char (&name)[SHMEM_INDEX_KEYSIZE])
+{
+	snprintf(name, sizeof name, "worker_heartbeat heartbeat cache v%d/%zu", kLayoutVersion, sizeof(Entry));
 }
 
 } // namespace
@@ -133,8 +133,12 @@ void InitShmem()
 	memset(&info, 0, sizeof info);
 	info.keysize = sizeof(Key);
 	info.entrysize = sizeof(Entry);
-	table = ShmemInitHash("worker_heartbeat heartbeat cache", settings::max_workers, settings::max_workers, &info,
-	                      HASH_ELEM | HASH_BLOBS);
+	char name[SHMEM_INDEX_KEYSIZE];
+	TableName(name);
+	// Fixed size: a full cache never takes the server's spare shared memory;
+	// a worker that finds no room keeps writing the table.
+	table = ShmemInitHash(name, settings::max_workers, settings::max_workers, &info,
+	                      HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	lock = &(GetNamedLWLockTranche("worker_heartbeat cache"))->lock;
 }
 
@@ -147,7 +151,14 @@ bool TryFastBeat(const Beat &beat)
 {
 	if (!table)
 		return false;
-	Key key = MakeKey(beat.dboid, beat.worker_id, beat.worker_id_len);
+	Key key;
+	if (!MakeKey(beat.dboid, beat.worker_id, beat.worker_id_len, &key))
+		return false;
+	// Only a reaper that flushes makes an absorbed beat reach the table; with
+	// none (stopped, not started yet, failing, read-only) the beat writes
+	// through, so that the views see every accepted beat.
+	if (!registry::ReaperFlushing(beat.dboid))
+		return false;
 	bool absorbed = false;
 	LWLockAcquire(lock, LW_SHARED);
 	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_FIND, nullptr));
@@ -169,31 +180,25 @@ void RememberAtCommit(const Beat &beat)
 {
 	if (!table)
 		return;
-	if (!callbacks_registered) {
-		RegisterXactCallback(OnXact, nullptr);
-		RegisterSubXactCallback(OnSubXact, nullptr);
-		callbacks_registered = true;
-	}
-	if (pending_count == pending_capacity) {
-		int capacity = pending_capacity ? pending_capacity * 2 : 8;
-		Size bytes = sizeof(PendingBeat) * capacity;
-		pending = static_cast<PendingBeat *>(pending ? repalloc(pending, bytes)
-		                                             : MemoryContextAlloc(TopMemoryContext, bytes));
-		pending_capacity = capacity;
-	}
-	PendingBeat &slot = pending[pending_count++];
-	slot.beat = beat;
-	memset(slot.id, 0, sizeof slot.id);
-	memcpy(slot.id, beat.worker_id, beat.worker_id_len);
-	slot.beat.worker_id = nullptr; // the copy in slot.id is the one to use
-	slot.nest_level = GetCurrentTransactionNestLevel();
+	effects::Effect e;
+	memset(&e, 0, sizeof e);
+	e.apply = ApplyRemember;
+	e.when = core::EffectWhen::Commit;
+	e.dboid = beat.dboid;
+	if (!effects::SetId(&e, beat.worker_id, beat.worker_id_len))
+		return; // not cacheable
+	e.i[0] = beat.function_oid;
+	e.i[1] = static_cast<int64>(beat.digest);
+	e.i[2] = beat.bound_pid;
+	e.i[3] = beat.at;
+	effects::Queue(e);
 }
 
 void Forget(Oid dboid, const char *worker_id, int worker_id_len)
 {
-	if (!table)
+	Key key;
+	if (!table || !MakeKey(dboid, worker_id, worker_id_len, &key))
 		return;
-	Key key = MakeKey(dboid, worker_id, worker_id_len);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	hash_search(table, &key, HASH_REMOVE, nullptr);
 	LWLockRelease(lock);
@@ -209,6 +214,23 @@ void ForgetDatabase(Oid dboid)
 	while (auto *entry = static_cast<Entry *>(hash_seq_search(&scan)))
 		if (entry->key.dboid == dboid)
 			hash_search(table, &entry->key, HASH_REMOVE, nullptr);
+	LWLockRelease(lock);
+}
+
+void ForgetDatabasesExcept(const Oid *existing, int count)
+{
+	if (!table)
+		return;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	HASH_SEQ_STATUS scan;
+	hash_seq_init(&scan, table);
+	while (auto *entry = static_cast<Entry *>(hash_seq_search(&scan))) {
+		bool exists = false;
+		for (int i = 0; i < count && !exists; ++i)
+			exists = existing[i] == entry->key.dboid;
+		if (!exists)
+			hash_search(table, &entry->key, HASH_REMOVE, nullptr);
+	}
 	LWLockRelease(lock);
 }
 
@@ -234,13 +256,12 @@ Pending CollectUnflushed(Oid dboid)
 			continue;
 		SpinLockAcquire(&entry->mutex);
 		bool dirty = entry->live && entry->last_beat > entry->flushed_beat;
-		if (dirty && n < capacity) {
+		if (dirty && n < capacity)
 			times[n] = entry->last_beat;
-			entry->flushed_beat = entry->last_beat;
-		}
 		SpinLockRelease(&entry->mutex);
 		if (dirty && n < capacity) {
 			memcpy(ids[n], entry->key.worker_id, sizeof ids[n]);
+			ids[n][core::kMaxIdentifierBytes] = '\0';
 			++n;
 		}
 	}
@@ -248,6 +269,16 @@ Pending CollectUnflushed(Oid dboid)
 	for (int i = 0; i < n; ++i) {
 		result.worker_ids[i] = PointerGetDatum(cstring_to_text(ids[i]));
 		result.beats[i] = TimestampTzGetDatum(times[i]);
+		// Marked flushed only when the flush commits; an aborted pass leaves
+		// the beat for the next one.
+		effects::Effect e;
+		memset(&e, 0, sizeof e);
+		e.apply = ApplyFlushed;
+		e.when = core::EffectWhen::Commit;
+		e.dboid = dboid;
+		(void)effects::SetId(&e, ids[i], static_cast<int>(strlen(ids[i])));
+		e.i[0] = times[i];
+		effects::Queue(e);
 	}
 	result.count = n;
 	pfree(ids);
@@ -257,9 +288,9 @@ Pending CollectUnflushed(Oid dboid)
 
 bool TryMarkDead(Oid dboid, const char *worker_id, int worker_id_len, TimestampTz cutoff)
 {
-	if (!table)
-		return true;
-	Key key = MakeKey(dboid, worker_id, worker_id_len);
+	Key key;
+	if (!table || !MakeKey(dboid, worker_id, worker_id_len, &key))
+		return true; // not cacheable: dead per the table
 	bool dead = true;
 	LWLockAcquire(lock, LW_SHARED);
 	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_FIND, nullptr));

@@ -6,6 +6,12 @@
 // flushes it to worker_heartbeats at the start of its next pass. Everything
 // else goes to the table (heartbeats.cpp) and refreshes the entry once that
 // transaction commits.
+//
+// The cache is a fixed-size hash (max_workers entries); an id longer than
+// kMaxIdentifierBytes is never cached. Everything a transaction changes here
+// (entries it wrote, flush marks) goes through the effects queue
+// (shared_state.hpp): applied when it commits, dropped when it aborts. A beat
+// is absorbed only while the database's reaper flushes (registry::ReaperFlushing).
 #pragma once
 
 #include "pg.hpp"
@@ -33,6 +39,8 @@ bool TryFastBeat(const Beat &beat);
 void RememberAtCommit(const Beat &beat);
 void Forget(Oid dboid, const char *worker_id, int worker_id_len);
 void ForgetDatabase(Oid dboid);
+// Drops the entries of databases that no longer exist (launcher).
+void ForgetDatabasesExcept(const Oid *existing, int count);
 
 // The reaper's side.
 struct Pending {
@@ -40,7 +48,8 @@ struct Pending {
 	Datum *worker_ids; // text
 	Datum *beats;      // timestamptz
 };
-// Beats of dboid not yet written to the table (palloc'd in the current context).
+// Beats of dboid not yet written to the table (palloc'd in the current
+// context); marked flushed when the current transaction commits.
 Pending CollectUnflushed(Oid dboid);
 // Marks the worker dead unless it beat after cutoff. Workers not in the cache
 // are left to the table's verdict (returns true).

@@ -49,10 +49,15 @@ constexpr int64 kRetryFirstUs = 1 * USECS_PER_SEC;
 constexpr int64 kRetryMaxUs = 30 * USECS_PER_SEC;
 
 Oid reaper_database = InvalidOid;
+// Read by the exit callback: true when the extension is gone and the slot
+// is to be dropped rather than left "not running". A flag, not a
+// cancel_before_shmem_exit() of the callback (which only works for the
+// callback registered last).
+bool forget_slot_at_exit = false;
 
-void ReleaseSlotAtExit(int, Datum forget)
+void ReleaseSlotAtExit(int, Datum)
 {
-	registry::ReleaseReaper(reaper_database, MyProcPid, DatumGetBool(forget));
+	registry::ReleaseReaper(reaper_database, MyProcPid, forget_slot_at_exit);
 }
 
 // Someone is dropping, renaming or copying our database and waits for us to
@@ -139,8 +144,9 @@ Step RunOneTickCatchingErrors(bool reap, bool full, int64 *cleanup_due, int *tab
 		MemoryContextSwitchTo(loop_context);
 		ErrorData *error = CopyErrorData();
 		FlushErrorState();
-		AbortCurrentTransaction();
-		SPI_finish(); // no-op when not connected
+		AbortCurrentTransaction(); // drops the pass's effects (shared_state.hpp)
+		SPI_finish();              // no-op when not connected
+		registry::PassFailed(MyDatabaseId); // heartbeats write through until a pass commits
 		registry::SetLastError(MyDatabaseId, error->message);
 		registry::SetState(MyDatabaseId, "idle");
 		ereport(LOG, (errcode(error->sqlerrcode), errmsg("worker_heartbeat reaper: pass failed: %s", error->message),
@@ -195,7 +201,7 @@ void WaitForStarter()
 	case registry::ClaimResult::Claimed:
 		break;
 	}
-	before_shmem_exit(ReleaseSlotAtExit, BoolGetDatum(false));
+	before_shmem_exit(ReleaseSlotAtExit, (Datum)0);
 	registry::SetState(dboid, "idle");
 
 	bool full = true; // the first pass after a start looks at everything
@@ -244,8 +250,7 @@ void WaitForStarter()
 		}
 		if (step == Step::ExtensionGone) {
 			cache::ForgetDatabase(dboid);
-			cancel_before_shmem_exit(ReleaseSlotAtExit, BoolGetDatum(false));
-			registry::ReleaseReaper(dboid, MyProcPid, true);
+			forget_slot_at_exit = true;
 			proc_exit(0);
 		}
 		if (step == Step::DatabaseWanted) {
@@ -264,11 +269,12 @@ struct DatabaseList {
 	int count;
 };
 
-DatabaseList ConnectableDatabases()
+// Allocated in context, which must outlive the transaction that reads pg_database.
+DatabaseList ConnectableDatabases(MemoryContext context)
 {
 	DatabaseList list{nullptr, 0};
 	int capacity = 16;
-	list.oids = static_cast<Oid *>(palloc(sizeof(Oid) * capacity));
+	list.oids = static_cast<Oid *>(MemoryContextAlloc(context, sizeof(Oid) * capacity));
 	Relation rel = table_open(DatabaseRelationId, AccessShareLock);
 	TableScanDesc scan = table_beginscan_catalog(rel, 0, nullptr);
 	HeapTuple tuple;
@@ -306,9 +312,13 @@ bool Contains(const Oid *oids, int count, Oid oid)
 	// Databases already given a chance: a reaper that finds no extension
 	// exits, and we do not start it again until it is asked for (CREATE
 	// EXTENSION or a heartbeat start it themselves).
+	// Both lists live in launcher_context (a round's list is reset each
+	// round), never in the memory of the transaction that read pg_database.
 	MemoryContext launcher_context =
 	    AllocSetContextCreate(TopMemoryContext, "worker_heartbeat launcher", ALLOCSET_DEFAULT_SIZES);
-	Oid *seen = static_cast<Oid *>(MemoryContextAlloc(launcher_context, sizeof(Oid) * 1024));
+	MemoryContext round_context =
+	    AllocSetContextCreate(launcher_context, "worker_heartbeat launcher round", ALLOCSET_DEFAULT_SIZES);
+	Oid *seen = nullptr; // no limit: as many as pg_database lists
 	int seen_count = 0;
 	for (;;) {
 		CHECK_FOR_INTERRUPTS();
@@ -316,22 +326,30 @@ bool Contains(const Oid *oids, int count, Oid oid)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		MemoryContextReset(round_context);
 		StartTransactionCommand();
-		DatabaseList databases = ConnectableDatabases();
+		DatabaseList databases = ConnectableDatabases(round_context);
 		CommitTransactionCommand();
+		// seen keeps only databases that still exist, in the order listed.
+		Oid *next_seen = static_cast<Oid *>(MemoryContextAlloc(launcher_context, sizeof(Oid) * (databases.count + 1)));
+		int next_seen_count = 0;
 		TimestampTz now = GetCurrentTimestamp();
 		for (int i = 0; i < databases.count; ++i) {
 			Oid db = databases.oids[i];
 			bool first_time = !Contains(seen, seen_count, db);
-			if (first_time && seen_count < 1024)
-				seen[seen_count++] = db;
+			next_seen[next_seen_count++] = db;
 			// A new database gets one look (its reaper exits at once if the
 			// extension is not there); a known one gets its reaper back if it
 			// had one that ended (a slot without a pid, not stopped on purpose).
 			if (registry::ShouldStartReaper(db, now, first_time))
 				StartForDatabase(db, false);
 		}
+		if (seen)
+			pfree(seen);
+		seen = next_seen;
+		seen_count = next_seen_count;
 		registry::ForgetDatabasesExcept(databases.oids, databases.count);
+		cache::ForgetDatabasesExcept(databases.oids, databases.count); // a dropped database's heartbeats
 		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, settings::launcher_interval_ms,
 		                PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

@@ -1,10 +1,13 @@
 #include "reaper_registry.hpp"
 
+#include "shared_state.hpp"
+
 #include <cstring>
-#include <utility>
+#include <type_traits>
 
 extern "C" {
 #include "access/xact.h"
+#include "mb/pg_wchar.h"
 #include "storage/ipc.h"
 #include "storage/procarray.h"
 }
@@ -17,12 +20,15 @@ namespace
 
 // How long a database waits between two attempts to start its reaper.
 constexpr int64 kStartBackoffUs = 5 * USECS_PER_SEC;
+constexpr uint32 kMagic = 0x57485247; // "WHRG"
 
 struct Slot {
 	Oid dboid; // InvalidOid: free
 	int32 pid; // running reaper, 0: none
 	Latch *latch;
 	bool stop_requested;
+	bool pass_failing;   // the reaper's last pass aborted
+	bool cannot_flush;   // read-only or standby
 	TimestampTz last_start_attempt;
 	char state[32];
 	TimestampTz started_at;
@@ -31,6 +37,7 @@ struct Slot {
 	uint64 passes;
 	uint64 workers_declared_dead;
 	uint64 leases_released;
+	uint64 leases_released_by_sql;
 	char last_error[192];
 	core::DeathSchedule schedule;
 	uint64 schedule_generation; // bumped by every change applied to schedule
@@ -42,11 +49,25 @@ struct Slot {
 };
 
 struct Registry {
+	uint32 magic;
+	uint32 layout_version;
+	uint64 size;
 	slock_t mutex;
 	Slot slots[kSlots];
 };
 
+// Shared memory holds these as raw bytes, set with memset/memcpy.
+static_assert(std::is_trivially_copyable<Slot>::value && std::is_standard_layout<Registry>::value);
+static_assert(sizeof(SlotView::state) == sizeof(Slot::state) && sizeof(SlotView::last_error) == sizeof(Slot::last_error));
+#if SIZEOF_VOID_P == 8
+// A change of the layout must bump kLayoutVersion; then update these sizes.
+static_assert(kLayoutVersion == 2 && sizeof(EndedSession) == 24 && sizeof(Slot) == 728,
+              "the registry layout changed: bump kLayoutVersion and update this check");
+#endif
+
 Registry *registry = nullptr;
+// Set in the reaper process once it owns its database's slot.
+bool this_process_is_reaper = false;
 
 // Lock guard for the spinlock. Nothing inside may ereport (spinlocks are not
 // released by error recovery), so the guarded blocks below only copy fields.
@@ -87,124 +108,151 @@ bool ReaperAlive(const Slot &slot)
 	return slot.pid != 0;
 }
 
-// --- changes that wait for the end of the transaction (backend-local) ---------
-enum class Change { BecameLive, Invalidate, Wake };
-struct DeferredChange {
-	Change change;
-	Oid dboid;
-	TimestampTz at;
-};
-constexpr int kDeferred = 8;
-DeferredChange deferred[kDeferred];
-int deferred_count = 0;
-bool xact_callback_registered = false;
+// Copies a NUL-terminated string field out of shared memory, terminated
+// whatever the memory holds.
+template <size_t N> void CopyField(char (&to)[N], const char (&from)[N])
+{
+	memcpy(to, from, N);
+	to[N - 1] = '\0';
+}
+
+// --- effects applied at the end of the transaction (see shared_state.hpp) ------
 
 // The generation read by BeginPass() in the current transaction.
 bool pass_generation_valid = false;
 Oid pass_dboid = InvalidOid;
 uint64 pass_generation = 0;
 
-void ApplyBecameLive(Oid dboid, TimestampTz now)
+void ApplyEndOfPass(const effects::Effect &)
+{
+	pass_generation_valid = false;
+}
+
+void ApplyBecameLive(const effects::Effect &e)
 {
 	Locked lock;
-	if (Slot *slot = Find(dboid)) {
+	if (Slot *slot = Find(e.dboid)) {
 		slot->schedule_generation++;
 		if (slot->shortest_dead_after_us > 0)
-			slot->schedule.EarliestAt(now + slot->shortest_dead_after_us);
+			slot->schedule.EarliestAt(e.i[0] + slot->shortest_dead_after_us);
 		else
 			slot->schedule.Invalidate();
 	}
 }
 
-void ApplyInvalidate(Oid dboid)
+void ApplyInvalidate(const effects::Effect &e)
 {
 	Locked lock;
-	if (Slot *slot = Find(dboid)) {
+	if (Slot *slot = Find(e.dboid)) {
 		slot->schedule_generation++;
 		slot->schedule.Invalidate();
 	}
 }
 
-void ApplyWake(Oid dboid)
+void ApplyWake(const effects::Effect &e)
 {
 	Latch *latch = nullptr;
 	{
 		Locked lock;
-		if (Slot *slot = Find(dboid))
+		if (Slot *slot = Find(e.dboid))
 			latch = slot->latch;
 	}
 	if (latch)
 		SetLatch(latch);
 }
 
-void Apply(const DeferredChange &c)
+// i[0] next deadline, i[1] shortest dead_after, i[2] generation valid, i[3] generation.
+void ApplyDeathChecked(const effects::Effect &e)
 {
-	switch (c.change) {
-	case Change::BecameLive:
-		ApplyBecameLive(c.dboid, c.at);
-		break;
-	case Change::Invalidate:
-		ApplyInvalidate(c.dboid);
-		break;
-	case Change::Wake:
-		ApplyWake(c.dboid);
-		break;
+	Locked lock;
+	if (Slot *slot = FindOrCreate(e.dboid)) {
+		// Our snapshot saw every change applied before BeginPass(); one
+		// applied since may be invisible to it and must not be lost.
+		bool complete = e.i[2] != 0 && slot->schedule_generation == static_cast<uint64>(e.i[3]);
+		if (complete)
+			slot->schedule.Checked(e.i[0]);
+		else
+			slot->schedule.EarliestAt(e.i[0]);
+		slot->shortest_dead_after_us = e.i[1];
 	}
 }
 
-void AtTransactionEnd(XactEvent event, void *)
+// i[0] at, f duration, i[1] deaths, i[2] released, i[3] pid of the reaper (0: a session).
+void ApplyPass(const effects::Effect &e)
 {
-	switch (event) {
-	case XACT_EVENT_COMMIT:
-	case XACT_EVENT_PARALLEL_COMMIT:
-	case XACT_EVENT_PREPARE:
-		for (int i = 0; i < deferred_count; ++i)
-			Apply(deferred[i]);
-		deferred_count = 0;
-		pass_generation_valid = false;
-		break;
-	case XACT_EVENT_ABORT:
-	case XACT_EVENT_PARALLEL_ABORT:
-		deferred_count = 0;
-		pass_generation_valid = false;
-		break;
-	default:
-		break;
-	}
-}
-
-void EnsureXactCallback()
-{
-	if (xact_callback_registered)
+	Locked lock;
+	Slot *slot = Find(e.dboid);
+	if (!slot)
 		return;
-	RegisterXactCallback(AtTransactionEnd, nullptr);
-	xact_callback_registered = true;
+	slot->workers_declared_dead += static_cast<uint64>(e.i[1]);
+	if (e.i[3] != 0 && slot->pid == e.i[3]) {
+		slot->last_pass_at = e.i[0];
+		slot->last_pass_ms = e.f;
+		slot->passes++;
+		slot->leases_released += static_cast<uint64>(e.i[2]);
+		slot->pass_failing = false;
+	} else {
+		slot->leases_released_by_sql += static_cast<uint64>(e.i[2]);
+	}
 }
 
-// Applies c now outside a transaction, else when the transaction commits.
-void ApplyAtCommit(const DeferredChange &c)
+void ApplyHeartbeatsPendingBack(const effects::Effect &e)
 {
-	if (!IsTransactionState()) {
-		Apply(c);
+	Locked lock;
+	if (Slot *slot = Find(e.dboid))
+		slot->heartbeats_pending = true;
+}
+
+void ApplySessionCheckBack(const effects::Effect &e)
+{
+	Locked lock;
+	if (Slot *slot = Find(e.dboid))
+		slot->session_check_requested = true;
+}
+
+// i[0] pid, i[1] backend start, i[2] ended at: leaves the ring.
+void ApplyEndedConsumed(const effects::Effect &e)
+{
+	Locked lock;
+	Slot *slot = Find(e.dboid);
+	if (!slot)
 		return;
-	}
-	EnsureXactCallback();
-	for (int i = 0; i < deferred_count; ++i) {
-		DeferredChange &d = deferred[i];
-		if (d.dboid != c.dboid || d.change != c.change)
+	int n = Min(Max(slot->ended_count, 0), kEndedSessions);
+	int keep = 0;
+	bool removed = false;
+	for (int i = 0; i < n; ++i) {
+		const EndedSession &s = slot->ended[i];
+		if (!removed && s.pid == e.i[0] && s.backend_start == e.i[1] && s.ended_at == e.i[2]) {
+			removed = true;
 			continue;
-		if (c.change == Change::BecameLive && c.at < d.at)
-			d.at = c.at;
+		}
+		slot->ended[keep++] = s;
+	}
+	slot->ended_count = keep;
+}
+
+effects::Effect MakeEffect(effects::ApplyFn apply, core::EffectWhen when, Oid dboid)
+{
+	effects::Effect e;
+	memset(&e, 0, sizeof e);
+	e.apply = apply;
+	e.when = when;
+	e.dboid = dboid;
+	return e;
+}
+
+// Queues a schedule change or a wake-up, merged with the same change queued
+// earlier by this (sub)transaction.
+void QueueChange(effects::ApplyFn apply, Oid dboid, TimestampTz at)
+{
+	if (effects::Effect *earlier = effects::FindMergeable(apply, dboid)) {
+		if (at < earlier->i[0])
+			earlier->i[0] = at;
 		return;
 	}
-	if (deferred_count < kDeferred) {
-		deferred[deferred_count++] = c;
-		return;
-	}
-	// Full (several databases in one transaction?): the safe summary of
-	// anything is "check everything", and a wake-up.
-	deferred[kDeferred - 2] = DeferredChange{Change::Invalidate, c.dboid, 0};
-	deferred[kDeferred - 1] = DeferredChange{Change::Wake, c.dboid, 0};
+	effects::Effect e = MakeEffect(apply, core::EffectWhen::Commit, dboid);
+	e.i[0] = at;
+	effects::Queue(e);
 }
 
 } // namespace
@@ -220,14 +268,29 @@ void Attach()
 	// reset, with a new segment: there the old pointer must not be kept.
 	if (registry && IsUnderPostmaster)
 		return;
+	// The layout is in the name: another build's registry is another segment.
+	char name[SHMEM_INDEX_KEYSIZE];
+	snprintf(name, sizeof name, "worker_heartbeat registry v%u/%zu", kLayoutVersion, sizeof(Registry));
 	bool found = false;
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	auto *shared = static_cast<Registry *>(ShmemInitStruct("worker_heartbeat reaper registry", ShmemSize(), &found));
+	auto *shared = static_cast<Registry *>(ShmemInitStruct(name, ShmemSize(), &found));
 	if (!found) {
 		memset(static_cast<void *>(shared), 0, sizeof *shared);
 		SpinLockInit(&shared->mutex);
+		shared->magic = kMagic;
+		shared->layout_version = kLayoutVersion;
+		shared->size = sizeof(Registry);
 	}
+	bool ours = shared->magic == kMagic && shared->layout_version == kLayoutVersion && shared->size == sizeof(Registry);
 	LWLockRelease(AddinShmemInitLock);
+	if (!ours)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+		                errmsg("worker_heartbeat: the shared memory of the reaper registry was made by another build "
+		                       "of the library"),
+		                errdetail("Found magic %08x, layout %u, %llu bytes; this build uses layout %u, %zu bytes.",
+		                          shared->magic, shared->layout_version,
+		                          static_cast<unsigned long long>(shared->size), kLayoutVersion, sizeof(Registry)),
+		                errhint("Restart the server after installing a new version of worker_heartbeat.")));
 	registry = shared;
 }
 
@@ -247,8 +310,11 @@ ClaimResult ClaimForReaper(Oid dboid, int32 pid, Latch *latch)
 	slot->started_at = GetCurrentTimestamp();
 	slot->schedule.Invalidate();
 	slot->session_check_requested = true;
+	slot->pass_failing = false;
+	slot->cannot_flush = false;
 	slot->last_error[0] = '\0';
 	strlcpy(slot->state, "starting", sizeof slot->state);
+	this_process_is_reaper = true;
 	return ClaimResult::Claimed;
 }
 
@@ -280,31 +346,56 @@ bool StopRequested(Oid dboid)
 void SetState(Oid dboid, const char *state)
 {
 	Attach();
+	bool cannot_flush = strcmp(state, "read-only") == 0 || strcmp(state, "standby") == 0;
 	Locked lock;
-	if (Slot *slot = Find(dboid))
+	if (Slot *slot = Find(dboid)) {
 		strlcpy(slot->state, state, sizeof slot->state);
+		slot->cannot_flush = cannot_flush;
+	}
 }
 
 void SetLastError(Oid dboid, const char *message)
 {
 	Attach();
+	char clipped[sizeof(Slot::last_error)];
+	int len = static_cast<int>(strlen(message));
+	// Never cut a multibyte character: reaper_status() must stay readable.
+	len = pg_mbcliplen(message, len, static_cast<int>(sizeof clipped) - 1);
+	memcpy(clipped, message, len);
+	clipped[len] = '\0';
 	Locked lock;
 	if (Slot *slot = Find(dboid))
-		strlcpy(slot->last_error, message, sizeof slot->last_error);
+		memcpy(slot->last_error, clipped, sizeof clipped);
 }
 
 void RecordPass(Oid dboid, const PassRecord &pass)
 {
 	Attach();
+	effects::Effect e = MakeEffect(ApplyPass, core::EffectWhen::Commit, dboid);
+	e.i[0] = pass.at;
+	e.f = pass.duration_ms;
+	e.i[1] = static_cast<int64>(pass.workers_declared_dead);
+	e.i[2] = static_cast<int64>(pass.leases_released);
+	e.i[3] = this_process_is_reaper ? MyProcPid : 0;
+	if (e.i[3] == 0 && e.i[1] == 0 && e.i[2] == 0)
+		return; // nothing a session's call would count
+	effects::Queue(e);
+}
+
+void PassFailed(Oid dboid)
+{
+	Attach();
+	Locked lock;
+	if (Slot *slot = Find(dboid))
+		slot->pass_failing = true;
+}
+
+bool ReaperFlushing(Oid dboid)
+{
+	Attach();
 	Locked lock;
 	Slot *slot = Find(dboid);
-	if (!slot)
-		return;
-	slot->last_pass_at = pass.at;
-	slot->last_pass_ms = pass.duration_ms;
-	slot->passes++;
-	slot->workers_declared_dead += pass.workers_declared_dead;
-	slot->leases_released += pass.leases_released;
+	return slot && ReaperAlive(*slot) && !slot->stop_requested && !slot->pass_failing && !slot->cannot_flush;
 }
 
 bool ReaperRunning(Oid dboid)
@@ -318,9 +409,6 @@ bool ReaperRunning(Oid dboid)
 bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot)
 {
 	Attach();
-	for (const Slot &slot : registry->slots) // most calls: the reaper runs
-		if (slot.dboid == dboid && slot.pid != 0)
-			return false;
 	Locked lock;
 	Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
 	if (!slot || ReaperAlive(*slot) || slot->stop_requested)
@@ -395,18 +483,21 @@ void ClearStop(Oid dboid)
 void Wake(Oid dboid)
 {
 	Attach();
-	ApplyAtCommit(DeferredChange{Change::Wake, dboid, 0});
+	QueueChange(ApplyWake, dboid, 0);
 }
 
 void BeginPass(Oid dboid)
 {
 	Attach();
-	EnsureXactCallback(); // forgets the generation when the transaction ends
-	Locked lock;
-	Slot *slot = Find(dboid);
-	pass_generation_valid = slot != nullptr;
-	pass_dboid = dboid;
-	pass_generation = slot ? slot->schedule_generation : 0;
+	{
+		Locked lock;
+		Slot *slot = Find(dboid);
+		pass_generation_valid = slot != nullptr;
+		pass_dboid = dboid;
+		pass_generation = slot ? slot->schedule_generation : 0;
+	}
+	// The generation is forgotten when the transaction ends.
+	effects::Queue(MakeEffect(ApplyEndOfPass, core::EffectWhen::End, dboid));
 }
 
 bool DeathCheckDue(Oid dboid, TimestampTz now)
@@ -420,55 +511,50 @@ bool DeathCheckDue(Oid dboid, TimestampTz now)
 void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_after_us)
 {
 	Attach();
-	Locked lock;
-	if (Slot *slot = FindOrCreate(dboid)) {
-		// Our snapshot saw every change applied before BeginPass(); one
-		// applied since may be invisible to it and must not be lost.
-		bool complete = pass_generation_valid && pass_dboid == dboid && slot->schedule_generation == pass_generation;
-		if (complete)
-			slot->schedule.Checked(next_deadline);
-		else
-			slot->schedule.EarliestAt(next_deadline);
-		slot->shortest_dead_after_us = shortest_dead_after_us;
-	}
+	// Applied when the pass commits: a pass that fails changes no schedule,
+	// and the next one checks again.
+	effects::Effect e = MakeEffect(ApplyDeathChecked, core::EffectWhen::Commit, dboid);
+	e.i[0] = next_deadline;
+	e.i[1] = shortest_dead_after_us;
+	e.i[2] = pass_generation_valid && pass_dboid == dboid;
+	e.i[3] = static_cast<int64>(pass_generation);
+	effects::Queue(e);
 }
 
 void WorkerBecameLive(Oid dboid, TimestampTz now)
 {
 	Attach();
-	ApplyAtCommit(DeferredChange{Change::BecameLive, dboid, now});
+	QueueChange(ApplyBecameLive, dboid, now);
 }
 
 void InvalidateDeathSchedule(Oid dboid)
 {
 	Attach();
-	ApplyAtCommit(DeferredChange{Change::Invalidate, dboid, 0});
+	QueueChange(ApplyInvalidate, dboid, 0);
 }
 
 void NoteHeartbeatsPending(Oid dboid)
 {
-	// Called on every fast heartbeat. Look without the lock first: once the
-	// flag is up nothing needs doing, and most beats find it up. A stale read
-	// only costs taking the lock.
 	Attach();
-	for (const Slot &slot : registry->slots)
-		if (slot.dboid == dboid && slot.heartbeats_pending)
-			return;
 	Locked lock;
 	Slot *slot = Find(dboid);
-	if (slot && !slot->heartbeats_pending)
+	if (slot)
 		slot->heartbeats_pending = true;
 }
 
 bool TakeHeartbeatsPending(Oid dboid)
 {
 	Attach();
-	Locked lock;
-	Slot *slot = Find(dboid);
-	if (!slot)
-		return true; // unknown: flush to be safe
-	bool pending = slot->heartbeats_pending;
-	slot->heartbeats_pending = false;
+	bool pending = true; // unknown database: flush to be safe
+	{
+		Locked lock;
+		if (Slot *slot = Find(dboid)) {
+			pending = slot->heartbeats_pending;
+			slot->heartbeats_pending = false;
+		}
+	}
+	if (pending) // an aborted flush leaves the beats for the next pass
+		effects::Queue(MakeEffect(ApplyHeartbeatsPendingBack, core::EffectWhen::Abort, dboid));
 	return pending;
 }
 
@@ -481,7 +567,7 @@ void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, Timestamp
 		Slot *slot = FindOrCreate(dboid);
 		if (!slot)
 			return;
-		if (slot->ended_count < kEndedSessions)
+		if (slot->ended_count >= 0 && slot->ended_count < kEndedSessions)
 			slot->ended[slot->ended_count++] = EndedSession{pid, backend_start, ended_at};
 		slot->session_check_requested = true;
 		latch = slot->latch;
@@ -492,21 +578,37 @@ void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, Timestamp
 
 namespace
 {
-// Copies out the slot's ended sessions; with take, clears them (and the
-// request for a full check, returned in *check_all).
+// Copies out the slot's ended sessions; with take, they leave the ring when
+// the transaction commits, and the request for a full check is taken now
+// (returned in *check_all) and put back if the transaction aborts.
 int CopyEndedSessions(Oid dboid, EndedSession *out, int max, bool take, bool *check_all)
 {
 	Attach();
-	Locked lock;
-	Slot *slot = Find(dboid);
-	if (!slot)
-		return 0;
-	int n = slot->ended_count < max ? slot->ended_count : max;
-	memcpy(out, slot->ended, sizeof(EndedSession) * n);
-	if (take) {
-		*check_all = slot->session_check_requested;
-		slot->ended_count = 0;
-		slot->session_check_requested = false;
+	int n = 0;
+	bool requested = false;
+	{
+		Locked lock;
+		Slot *slot = Find(dboid);
+		if (!slot)
+			return 0;
+		n = Min(Min(Max(slot->ended_count, 0), kEndedSessions), max);
+		memcpy(out, slot->ended, sizeof(EndedSession) * n);
+		if (take) {
+			requested = slot->session_check_requested;
+			slot->session_check_requested = false;
+		}
+	}
+	if (!take)
+		return n;
+	*check_all = requested;
+	if (requested)
+		effects::Queue(MakeEffect(ApplySessionCheckBack, core::EffectWhen::Abort, dboid));
+	for (int i = 0; i < n; ++i) {
+		effects::Effect e = MakeEffect(ApplyEndedConsumed, core::EffectWhen::Commit, dboid);
+		e.i[0] = out[i].pid;
+		e.i[1] = out[i].backend_start;
+		e.i[2] = out[i].ended_at;
+		effects::Queue(e);
 	}
 	return n;
 }
@@ -543,14 +645,15 @@ int Snapshot(SlotView *out, int max)
 		view.dboid = slot.dboid;
 		view.pid = slot.pid;
 		view.stop_requested = slot.stop_requested;
-		memcpy(view.state, slot.state, sizeof view.state);
+		CopyField(view.state, slot.state);
 		view.started_at = slot.started_at;
 		view.last_pass_at = slot.last_pass_at;
 		view.last_pass_ms = slot.last_pass_ms;
 		view.passes = slot.passes;
 		view.workers_declared_dead = slot.workers_declared_dead;
 		view.leases_released = slot.leases_released;
-		memcpy(view.last_error, slot.last_error, sizeof view.last_error);
+		view.leases_released_by_sql = slot.leases_released_by_sql;
+		CopyField(view.last_error, slot.last_error);
 	}
 	return n;
 }

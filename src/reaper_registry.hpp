@@ -9,6 +9,15 @@
 //
 // Every field of a slot is read and written under the registry's spinlock,
 // in the short functions below; nothing in them can ereport.
+//
+// The segment is versioned: its name carries kLayoutVersion and its size, and
+// its header a magic number checked on every attach, so a new build of the
+// library loaded into a running server gets a segment of its own (or a clear
+// ERROR), never another build's layout.
+//
+// Changes made by a transaction (pass counters, the death schedule, the
+// ended sessions a pass consumed, wake-ups) go through the effects queue
+// (shared_state.hpp): applied when it commits, dropped when it aborts.
 #pragma once
 
 #include "core/death_schedule.hpp"
@@ -21,7 +30,11 @@ extern "C" {
 namespace wh::registry
 {
 
+// One slot per database with the extension (a named constant: scale-out
+// beyond it is a later change of this number or of the storage).
 inline constexpr int kSlots = 32;
+// Bump when Slot or Registry changes (reaper_registry.cpp static_asserts it).
+inline constexpr uint32 kLayoutVersion = 2;
 inline constexpr int kEndedSessions = 16;
 
 struct EndedSession {
@@ -43,6 +56,7 @@ struct SlotView {
 	uint64 workers_declared_dead;
 	uint64 leases_released;
 	char last_error[192];
+	uint64 leases_released_by_sql; // stop_worker(), release_dead_worker_leases()
 };
 
 struct PassRecord {
@@ -64,8 +78,19 @@ ClaimResult ClaimForReaper(Oid dboid, int32 pid, Latch *latch);
 void ReleaseReaper(Oid dboid, int32 pid, bool forget);
 bool StopRequested(Oid dboid);
 void SetState(Oid dboid, const char *state);
+// Clipped to the slot on a character boundary (pg_mbcliplen).
 void SetLastError(Oid dboid, const char *message);
+// Applied when the transaction commits. From the database's reaper: a pass
+// (passes, last_pass_*, deaths, leases_released). From any other session
+// (stop_worker(), release_dead_worker_leases()): not a pass; its deaths count
+// in workers_declared_dead and its releases in leases_released_by_sql.
 void RecordPass(Oid dboid, const PassRecord &pass);
+// The reaper's pass failed (its transaction aborted): until one commits, the
+// reaper is not flushing heartbeats.
+void PassFailed(Oid dboid);
+// A reaper runs, is not stopped, and its passes commit (it flushes the
+// heartbeat cache): only then may a heartbeat stay in shared memory.
+bool ReaperFlushing(Oid dboid);
 
 // --- starting and stopping ------------------------------------------------
 bool ReaperRunning(Oid dboid);
@@ -102,12 +127,15 @@ void InvalidateDeathSchedule(Oid dboid);
 
 // --- heartbeats waiting in shared memory -----------------------------------
 void NoteHeartbeatsPending(Oid dboid);
+// Takes the flag; put back if the transaction aborts.
 bool TakeHeartbeatsPending(Oid dboid);
 
 // --- sessions that ended ----------------------------------------------------
 void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, TimestampTz ended_at);
-// Copies out (and clears) the sessions that ended; *check_all is set when
-// some were lost (ring full) or a full check was asked for.
+// Copies out the sessions that ended; they leave the ring when the
+// transaction commits (an aborted pass leaves them for the next one).
+// *check_all is set when some were lost (ring full) or a full check was asked
+// for; that request is put back if the transaction aborts.
 int TakeEndedSessions(Oid dboid, EndedSession *out, int max, bool *check_all);
 // The same without taking them: sessions that ended while a pass was running
 // stay for the next pass.
