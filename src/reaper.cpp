@@ -144,8 +144,8 @@ Step RunOneTickCatchingErrors(bool reap, bool full, int64 *cleanup_due, int *tab
 		MemoryContextSwitchTo(loop_context);
 		ErrorData *error = CopyErrorData();
 		FlushErrorState();
-		AbortCurrentTransaction(); // drops the pass's effects (shared_state.hpp)
-		SPI_finish();              // no-op when not connected
+		AbortCurrentTransaction();          // drops the pass's effects (shared_state.hpp)
+		SPI_finish();                       // no-op when not connected
 		registry::PassFailed(MyDatabaseId); // heartbeats write through until a pass commits
 		registry::SetLastError(MyDatabaseId, error->message);
 		registry::SetState(MyDatabaseId, "idle");

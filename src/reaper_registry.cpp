@@ -27,8 +27,8 @@ struct Slot {
 	int32 pid; // running reaper, 0: none
 	Latch *latch;
 	bool stop_requested;
-	bool pass_failing;   // the reaper's last pass aborted
-	bool cannot_flush;   // read-only or standby
+	bool pass_failing; // the reaper's last pass aborted
+	bool cannot_flush; // read-only or standby
 	TimestampTz last_start_attempt;
 	char state[32];
 	TimestampTz started_at;
@@ -58,7 +58,8 @@ struct Registry {
 
 // Shared memory holds these as raw bytes, set with memset/memcpy.
 static_assert(std::is_trivially_copyable<Slot>::value && std::is_standard_layout<Registry>::value);
-static_assert(sizeof(SlotView::state) == sizeof(Slot::state) && sizeof(SlotView::last_error) == sizeof(Slot::last_error));
+static_assert(sizeof(SlotView::state) == sizeof(Slot::state) &&
+              sizeof(SlotView::last_error) == sizeof(Slot::last_error));
 #if SIZEOF_VOID_P == 8
 // A change of the layout must bump kLayoutVersion; then update these sizes.
 static_assert(kLayoutVersion == 2 && sizeof(EndedSession) == 24 && sizeof(Slot) == 728,
@@ -288,8 +289,8 @@ void Attach()
 		                errmsg("worker_heartbeat: the shared memory of the reaper registry was made by another build "
 		                       "of the library"),
 		                errdetail("Found magic %08x, layout %u, %llu bytes; this build uses layout %u, %zu bytes.",
-		                          shared->magic, shared->layout_version,
-		                          static_cast<unsigned long long>(shared->size), kLayoutVersion, sizeof(Registry)),
+		                          shared->magic, shared->layout_version, static_cast<unsigned long long>(shared->size),
+		                          kLayoutVersion, sizeof(Registry)),
 		                errhint("Restart the server after installing a new version of worker_heartbeat.")));
 	registry = shared;
 }

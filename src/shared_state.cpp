@@ -50,8 +50,7 @@ void OnXact(XactEvent event, void *)
 	switch (event) {
 	case XACT_EVENT_PRE_PREPARE:
 		for (int i = 0; i < count; ++i)
-			if (core::FateOf(core::XactEnd::Prepare, 1, queue[i].nest_level, queue[i].when) ==
-			    core::EffectFate::Refuse)
+			if (core::FateOf(core::XactEnd::Prepare, 1, queue[i].nest_level, queue[i].when) == core::EffectFate::Refuse)
 				ereport(ERROR,
 				        (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				         errmsg("cannot PREPARE a transaction that has sent a worker heartbeat, stopped a worker or "

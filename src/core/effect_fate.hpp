@@ -19,11 +19,11 @@ namespace wh::core
 enum class EffectWhen : std::uint8_t { Commit, Abort, End };
 enum class XactEnd : std::uint8_t { Commit, Abort, SubCommit, SubAbort, Prepare };
 enum class EffectFate : std::uint8_t {
-	Keep,      // untouched (queued by an outer level)
-	Apply,     // run it now, then remove it
-	Drop,      // remove it without running it
-	ToParent,  // keep it, now owned by the parent level
-	Refuse     // PREPARE of a transaction holding it is refused
+	Keep,     // untouched (queued by an outer level)
+	Apply,    // run it now, then remove it
+	Drop,     // remove it without running it
+	ToParent, // keep it, now owned by the parent level
+	Refuse    // PREPARE of a transaction holding it is refused
 };
 
 // ending_level: the nesting level that ends (1 for the top transaction).
