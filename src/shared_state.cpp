@@ -43,6 +43,14 @@ void Settle(core::XactEnd end, int ending_level)
 		}
 	}
 	count = keep;
+	// A big transaction (a flush of many beats) does not keep its queue's
+	// memory for the life of the backend.
+	constexpr int kKeepCapacity = 256;
+	if (count == 0 && capacity > kKeepCapacity) {
+		pfree(queue);
+		queue = nullptr;
+		capacity = 0;
+	}
 }
 
 void OnXact(XactEvent event, void *)
@@ -126,7 +134,10 @@ Effect *FindMergeable(ApplyFn apply, Oid dboid)
 	if (!IsTransactionState())
 		return nullptr;
 	int level = GetCurrentTransactionNestLevel();
-	for (int i = count - 1; i >= 0 && queue[i].nest_level == level; --i)
+	// A short look back: a transaction of many heartbeats must not pay a scan
+	// of its whole queue per call; a missed merge only costs a queue entry.
+	constexpr int kLookBack = 16;
+	for (int i = count - 1; i >= 0 && i >= count - kLookBack && queue[i].nest_level == level; --i)
 		if (queue[i].apply == apply && queue[i].dboid == dboid)
 			return &queue[i];
 	return nullptr;
