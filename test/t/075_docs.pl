@@ -97,6 +97,7 @@ sub run_cmd    # argv, env hashref, stdin: (exit code, stdout+stderr)
 {
 	my ($cmd, $env, $in) = @_;
 	local %ENV = (%ENV, %pgenv, %{ $env || {} });
+	delete $ENV{$_} for grep { $ENV{$_} eq '' } keys %ENV;    # '' means: unset
 	my $out = '';
 	IPC::Run::run($cmd, '<', \($in // ''), '>&', \$out, IPC::Run::timeout(300));
 	return ($? >> 8, $out);
