@@ -124,6 +124,7 @@ try {
     });
     releaseState();
     await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+    await page.unroute("**/api/state*");  // later requests go straight to the server
     for (const w of WORKERS) {
       await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 15000 });
     }

@@ -37,6 +37,8 @@ use FindBin;
 use lib "$FindBin::Bin/../../examples/tap";
 use Cwd qw(abs_path);
 use File::Basename qw(basename);
+use File::Path ();
+use HTTP::Tiny;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -144,6 +146,42 @@ sub cpp_block    # file label, db, block
 		"$label: the cpp program completed its task (state = 'done')") if $has_tasks;
 }
 
+# ./scripts/demo --dashboard --keep --port N: the cluster on the port asked
+# for, and a kept dashboard that survives the hangup of the terminal the demo
+# ran in (SIGHUP to the demo's process group, as when the terminal closes).
+sub demo_dashboard_keep
+{
+	my $built = run_log([ 'cmake', '-S', "$root/dashboard", '-B', "$root/build/dashboard", '-DCMAKE_BUILD_TYPE=Release',
+			'-DWHD_TESTS=OFF' ]) && run_log([ 'cmake', '--build', "$root/build/dashboard", '-j2' ]);
+	ok($built, 'demo --dashboard: the dashboard builds where the demo looks for it');
+	return unless $built;
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my ($rc, $out) = run_cmd([ 'setsid', '-w', 'sh', '-c', 'echo "PGID $$"; exec "$0" "$@"', "$root/scripts/demo",
+			'--dashboard', '--keep', '--port', $port, '--dashboard-port', '0', '--tasks', '9' ],
+		{ PGHOST => '', PGPORT => '', PGUSER => '', WH_DEMO_USER => '' });
+	is($rc, 0, './scripts/demo --dashboard --keep --port N runs to its end') or diag($out);
+	like($out, qr/on port $port in /, 'demo --port: the cluster listens on the port asked for');
+	my ($pgid) = $out =~ /^PGID (\d+)$/m;
+	my ($url) = $out =~ m{Dashboard: (http://[^\s\e]+)};
+	my ($dash_pid) = $out =~ /dashboard kept: \S+ \(stop: kill (\d+)\)/;
+	my ($dir) = $out =~ m{ in (/tmp/worker_heartbeat-demo\.\w+)};
+	ok($pgid && $url && $dash_pid && $dir, 'demo --keep printed the dashboard URL and how to stop it') or diag($out);
+	return unless $pgid && $url && $dash_pid && $dir;
+	kill 'HUP', -$pgid;    # the terminal goes away
+	my $http = HTTP::Tiny->new(timeout => 5);
+	my $alive = 0;
+	for (1 .. 20)
+	{
+		usleep(100_000);
+		$alive = kill(0, $dash_pid) && $http->get("${url}api/summary")->{status} == 200;
+		last unless $alive;
+	}
+	ok($alive, 'the kept dashboard survives SIGHUP to the demo\'s process group and still answers');
+	kill 'TERM', $dash_pid;
+	run_cmd([ 'pg_ctl', '-D', "$dir/data", '-m', 'immediate', '-w', 'stop' ]);
+	File::Path::rmtree($dir);
+}
+
 # --- README sh handlers ------------------------------------------------------
 my %ctx;    # db, python worker pid, venv
 my $python_block = (map { $_->{text} } grep { $_->{lang} eq 'python' } @readme_blocks)[0];
@@ -180,11 +218,12 @@ my @handlers = (
 		ok(run_log([ 'cmake', '-S', "$root/clients/cpp", '-B', "$root/build/client", '-DCMAKE_BUILD_TYPE=Release',
 					'-DWH_CLIENT_TESTS=OFF' ]) && run_log([ 'cmake', '--build', "$root/build/client", '-j2' ]),
 			'demo: the example worker builds where the demo looks for it');
-		($rc, $out) = run_cmd([ "$root/scripts/demo", '--tasks', '6', '--work-ms', '400' ],
+		($rc, $out) = run_cmd([ "$root/scripts/demo" ],
 			{ PGHOST => '', PGPORT => '', PGUSER => '', WH_DEMO_USER => '' });
 		is($rc, 0, './scripts/demo runs to its end') or diag($out);
 		like($out, qr/worker declared dead after \d+ ms; its lease back in the queue after \d+ ms/,
 			'./scripts/demo: the killed worker was declared dead and its lease came back');
+		demo_dashboard_keep();
 	} ],
 	# ./scripts/test: not run from here (this test runs inside it); its --help works.
 	[ qr/^\.\/scripts\/test(\s|$)/ => sub {
