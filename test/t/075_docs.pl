@@ -25,9 +25,13 @@
 #   runs it (or, for what needs root, the network or systemd, checks it as far
 #   as a test can and says how in its comment). A README command no handler
 #   knows fails this test: teach the test, or change the README.
-# - ```python blocks of README.md: the walkthrough's worker, saved as
-#   my_worker.py and run by the sh handlers (skipped, with a note, while
-#   clients/python does not exist in the tree).
+# - The ```python block of README.md is the walkthrough's worker: saved as
+#   my_worker.py, run by the sh handlers with the package of clients/python
+#   installed into a venv (pip --no-index --no-build-isolation: no PyPI here),
+#   then killed with SIGKILL: it must be declared dead (session_ended) and its
+#   task must be back in the queue. While clients/python does not exist in the
+#   tree, the WorkerHeartbeat class of examples/python/worker.py (the same
+#   interface) stands in for the package.
 # - A block that is deliberately not runnable is preceded (on the line just
 #   before its fence, blank lines allowed) by `<!-- doc-test: skip (reason) -->`.
 #   Keep such marks rare.
