@@ -2,10 +2,27 @@
 -- Nothing of the extension is granted to PUBLIC; run this as the extension's
 -- owner (or a superuser) with psql, naming the schema and the roles:
 --
---   psql -v schema=pm_pipeline -v worker_role=app_worker -v monitor_role=app_monitor -f docs/grants.sql
+--   psql -v ON_ERROR_STOP=1 -v schema=pm_pipeline -v worker_role=app_worker \
+--        -v monitor_role=app_monitor -f docs/grants.sql
 --
+-- The file stops at the first error (it sets ON_ERROR_STOP itself). The roles
+-- must exist; create them first, for example:
+--
+--   CREATE ROLE app_worker LOGIN;    -- your workers connect as this role
+--   CREATE ROLE app_monitor LOGIN;   -- dashboards, exporters, psql sessions that only read
+--
+-- or add -v create_roles=1 and this file creates the two roles (LOGIN, no
+-- password: set one, or use peer/cert authentication) when they do not exist.
 -- On Supabase: -v worker_role=service_role -v monitor_role=service_role
 -- (anon and authenticated get nothing).
+\set ON_ERROR_STOP on
+\if :{?create_roles}
+SELECT pg_catalog.format('CREATE ROLE %I LOGIN', r)
+  FROM pg_catalog.unnest(ARRAY[:'worker_role', :'monitor_role']) AS r
+ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r)
+ GROUP BY r
+\gexec
+\endif
 
 -- Workers: heartbeat, stop, and (1.1) claim / extend / complete / fail leases.
 -- The fenced-lease functions run with the worker's own privileges, so the

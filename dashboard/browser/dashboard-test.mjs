@@ -106,13 +106,41 @@ try {
     for (const w of WORKERS) children.push(await startWorker(w));
     step("workers ready");
 
+    // The first /api/state is held back until the page has been looked at:
+    // until it arrives the page says it is loading (not only dashes).
+    let releaseState;
+    const stateHeld = new Promise((r) => { releaseState = r; });
+    let held = false;
+    await page.route("**/api/state*", async (route) => {
+      if (!held) { held = true; await stateHeld; }
+      await route.continue();
+    });
     // refresh=0: no periodic reload of the state, so only a push can show the death.
-    await page.goto(URL_ + "?refresh=0");
+    await page.goto(URL_ + "?refresh=0", { waitUntil: "domcontentloaded" });
+    result.loading = await page.evaluate(() => {
+      const l = document.getElementById("loading");
+      return { visible: !!l && !l.hidden && l.offsetParent !== null, text: l ? l.textContent : "",
+               types: document.querySelector("#types tbody")?.textContent || "" };
+    });
+    releaseState();
     await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+    await page.unroute("**/api/state*");  // later requests go straight to the server
     for (const w of WORKERS) {
       await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 15000 });
     }
     step("page shows the workers processing");
+    result.loading_after = await page.evaluate(() => !document.getElementById("loading")?.hidden);
+    // One meaning of "active": the per-type Active column and the KPI count
+    // every worker neither dead nor stopped, as get_worker_stats().active_workers.
+    result.active_shown = await page.evaluate(() => Object.fromEntries(
+      [...document.querySelectorAll("#types tr[data-worker-type]")].map((tr) =>
+        [tr.dataset.workerType, Number(tr.querySelector('td[data-state="active"]').textContent)])));
+    result.kpi_active = await page.evaluate(() => Number(document.getElementById("kpi-live").textContent));
+    // Worker ids never wrap mid-id.
+    result.id_white_space = await page.evaluate(() => [...document.querySelectorAll("#workers td:first-child, #dead-workers td:first-child")]
+      .filter((td) => !td.classList.contains("empty")).map((td) => getComputedStyle(td).whiteSpace));
+    // A short history fills the chart instead of a sliver at its right edge.
+    result.chart_minutes = await page.evaluate(() => Number(document.querySelector("#chart-svg svg")?.getAttribute("data-minutes") || 60));
     result.navigations_before = navigations;
     await page.evaluate(() => { window.__sameDocument = true; });
 
@@ -157,6 +185,13 @@ try {
     children.push(child);
     // its "started" notification makes the page reload its state
     await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 10000 });
+    // "Oldest heartbeat" of a type counts its live workers only (as /metrics):
+    // ingest-1 and ingest-2 are dead by now, ingest-3 is the only live one.
+    result.oldest = await page.evaluate((id) => {
+      const w = window.whd.state().workers.find((x) => x.worker_id === id);
+      const td = document.querySelector('#types tr[data-worker-type="ingest"] td.oldest');
+      return { shown: td ? td.getAttribute("data-ts") : null, live: w ? w.last_heartbeat_at : null };
+    }, w.id);
     Object.assign(result, await killAndWatch(page, child, w, deadBefore + 1));
     step(`after the restart, the page showed a death after ${result.elapsed_ms} ms`);
     result.banner = await page.locator("#banner").innerText();

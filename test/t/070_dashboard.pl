@@ -205,6 +205,16 @@ like($res->{dead_row_text} // '', qr/resize batch 42/, 'the dead row says what t
 like($res->{dead_row_text} // '', qr/session ended/, 'and why it died');
 is($res->{types_dead}, '1', 'workers by type counts it dead');
 is($res->{settled_types_dead}, '1', 'and still does once the page has reloaded its state');
+# issue 15 item 6: the page's first hour
+ok($res->{loading} && $res->{loading}{visible} && $res->{loading}{text} =~ /Loading/,
+	'before the first /api/state the page says it is loading') or diag(explain($res->{loading}));
+ok(!$res->{loading_after}, 'and stops saying so once the state arrived');
+is_deeply($res->{active_shown}, { ingest => 2, scorer => 1 },
+	'"Active" per type counts every live worker (processing ones too), as get_worker_stats().active_workers');
+is($res->{kpi_active}, 3, 'and so does the Active workers figure');
+ok(@{ $res->{id_white_space} // [] } && !grep({ $_ ne 'nowrap' } @{ $res->{id_white_space} }),
+	'worker ids do not wrap') or diag(explain($res->{id_white_space}));
+cmp_ok($res->{chart_minutes} // 60, '<=', 15, 'a short history fills the chart (window from the first event, at least 10 minutes)');
 is_deeply($res->{console_errors}, [], 'no errors in the browser console');
 ok(-s $shot, "screenshot saved: $shot");
 diag("dashboard screenshot: $shot") if -s $shot;
@@ -256,6 +266,9 @@ $res = run_browser('restart', $shot2);
 ok(grep({ $_ eq 'disconnected' } @{ $res->{statuses} // [] }),
 	'the page was told that the database went away');
 is($res->{live_after}, 'live', 'and that the dashboard listens again');
+ok($res->{oldest} && defined $res->{oldest}{shown} && $res->{oldest}{shown} eq ($res->{oldest}{live} // ''),
+	'"Oldest heartbeat" of a type is its oldest live worker\'s (dead ones excluded, as in /metrics)')
+  or diag(explain($res->{oldest}));
 ok(defined $res->{elapsed_ms} && $res->{elapsed_ms} <= 1000,
 	'after the restart, a killed worker is shown dead with its leases released within a second')
   or diag('elapsed_ms: ' . ($res->{elapsed_ms} // 'never'));
