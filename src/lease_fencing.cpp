@@ -150,7 +150,8 @@ const char *EqualityOperator(const Assignment &a)
 	HeapTuple tuple = OidIsValid(entry->eq_opr) ? SearchSysCache1(OPEROID, ObjectIdGetDatum(entry->eq_opr)) : nullptr;
 	if (!HeapTupleIsValid(tuple))
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FUNCTION),
-		                errmsg("p_filter cannot compare column %s: type %s has no equality operator", a.column, a.type),
+		                errmsg("p_filter cannot compare column %s: type %s has no equality operator", a.column,
+		                       format_type_be(a.type_oid)),
 		                errhint("Filter on another column (claim_leases compares with =).")));
 	auto *form = reinterpret_cast<Form_pg_operator>(GETSTRUCT(tuple));
 	const char *op =

@@ -649,7 +649,8 @@ void Register(const catalog::Extension &ext, const Registration &r)
 		                errdetail("Leases can be registered on ordinary tables only (not views, foreign or "
 		                          "partitioned tables).")));
 	if (get_rel_persistence(relid) == RELPERSISTENCE_TEMP)
-		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is a temporary table", name),
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+		                errmsg("table \"%s\" is a temporary table", get_rel_name(relid)),
 		                errdetail("A temporary table is seen by its own session only, and goes with it: the "
 		                          "reaper could never release its leases."),
 		                errhint("Register an ordinary (permanent or unlogged) table.")));
