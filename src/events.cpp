@@ -140,9 +140,9 @@ void Batch::Add(const Event &event)
 	// which must neither fail the INSERT (index row size) nor the NOTIFY.
 	copy.worker_id = event.worker_id ? pstrdup(Clip(event.worker_id, kMaxFieldBytes)) : nullptr;
 	copy.worker_type = event.worker_type ? pstrdup(Clip(event.worker_type, kMaxFieldBytes)) : nullptr;
-	copy.table_name = event.table_name ? pstrdup(Clip(event.table_name, kMaxFieldBytes)) : nullptr;
-	copy.cause = event.cause ? pstrdup(Clip(event.cause, kMaxFieldBytes)) : nullptr;
-	copy.reason = event.reason ? pstrdup(Clip(event.reason, kMaxFieldBytes)) : nullptr;
+	copy.table_name = event.table_name ? pstrdup(Clip(event.table_name, kMaxNameBytes)) : nullptr;
+	copy.cause = event.cause ? pstrdup(Clip(event.cause, kMaxNameBytes)) : nullptr;
+	copy.reason = event.reason ? pstrdup(Clip(event.reason, kMaxNameBytes)) : nullptr;
 }
 
 void Batch::Flush(const catalog::Extension &ext, TimestampTz at)

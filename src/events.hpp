@@ -10,10 +10,12 @@ namespace wh::events
 {
 
 inline constexpr const char *kChannel = "worker_heartbeat";
-// worker_id, worker_type and table_name of an event, at most (bytes). A real
-// worker_id or worker_type is at most 200 bytes (the API refuses longer ones);
-// a worker column of a user's table can hold anything.
-inline constexpr int kMaxFieldBytes = 256;
+// worker_id and worker_type of an event, at most (bytes): a real one is at
+// most 200 bytes (the API refuses longer ones), but a worker column of a
+// user's table can hold anything. Table names, causes and reasons: at most
+// kMaxNameBytes.
+inline constexpr int kMaxFieldBytes = 200;
+inline constexpr int kMaxNameBytes = 512;
 // The longest NOTIFY payload sent (PostgreSQL's limit is 7999 bytes).
 inline constexpr int kMaxPayloadBytes = 2000;
 // The marker that ends a clipped value.

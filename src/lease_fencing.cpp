@@ -93,6 +93,10 @@ const Table *RequireFencedTable(const wh::catalog::Extension &ext, Oid relid)
 		                errmsg("table %s is registered without a token column", t->label),
 		                errhint("Fenced leases need one: unregister_lease_table() it, then register it again with "
 		                        "p_token_column.")));
+	if (t->unfit)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+		                errmsg("table %s no longer qualifies for leases: %s", t->label, t->unfit),
+		                errhint("Change the table back, or unregister it and register it again.")));
 	return t;
 }
 
@@ -244,8 +248,7 @@ Datum *NewTokens(const Table &t, int n)
 					}
 		for (int i = 0; i < n; ++i)
 			datums[i] = Int64GetDatum(tokens[i]);
-		Datum values[1] = {
-		    PointerGetDatum(construct_array(datums, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
+		Datum values[1] = {PointerGetDatum(construct_array(datums, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
 		wh::spi::Run(wh::spi::Plan(sql, 1, types), values, nullptr, false);
 		for (uint64 row = 0; row < SPI_processed; ++row) {
 			bool isnull = false;
@@ -612,14 +615,13 @@ Datum wh_claim_leases_by_name(PG_FUNCTION_ARGS)
 		RangeVar *range = makeRangeVarFromNameList(names);
 		Oid relid = RangeVarGetRelid(range, NoLock, true);
 		if (relid == InvalidOid)
-			ereport(ERROR,
-			        (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("table \"%s\" does not exist", given),
-			         range->schemaname
-			             ? 0
-			             : errhint("claim_leases() looks a table name up without your search_path: qualify it "
-			                       "with its schema, claim_leases('public.%s', ...), or pass its row type, "
-			                       "claim_leases(NULL::%s, ...), which returns typed rows.",
-			                       given, given)));
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("table \"%s\" does not exist", given),
+			                range->schemaname
+			                    ? 0
+			                    : errhint("claim_leases() looks a table name up without your search_path: qualify it "
+			                              "with its schema, claim_leases('public.%s', ...), or pass its row type, "
+			                              "claim_leases(NULL::%s, ...), which returns typed rows.",
+			                              given, given)));
 		return ClaimLeases(fcinfo, relid, InvalidOid);
 	});
 }

@@ -360,14 +360,13 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		int dims[1] = {picked};
 		int lbs[1] = {1};
 		types[nargs] = TIDARRAYOID;
-		values[nargs] = PointerGetDatum(
-		    construct_array(ctids, picked, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+		values[nargs] =
+		    PointerGetDatum(construct_array(ctids, picked, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
 		types[nargs + 1] = TEXTARRAYOID;
 		values[nargs + 1] = PointerGetDatum(
 		    construct_md_array(holder_values, holder_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 		types[nargs + 2] = BOOLARRAYOID;
-		values[nargs + 2] =
-		    PointerGetDatum(construct_array(exhausted_values, picked, BOOLOID, 1, true, TYPALIGN_CHAR));
+		values[nargs + 2] = PointerGetDatum(construct_array(exhausted_values, picked, BOOLOID, 1, true, TYPALIGN_CHAR));
 		memset(nulls + nargs, ' ', 3);
 		nulls[nargs + 3] = '\0';
 		spi::Run(spi::Plan(UpdateStatement(t, nargs + 1), nargs + 3, types), values, nulls, false);
@@ -601,8 +600,7 @@ void RequireAssignable(Oid relid, AttrNumber attnum, const char *column, const c
 		ereport(ERROR, (errcode(ERRCODE_GENERATED_ALWAYS),
 		                errmsg("column \"%s\" of table %s is %s", column, QualifiedName(relid),
 		                       generated ? "a generated column" : "an identity column GENERATED ALWAYS"),
-		                errdetail("%s", what),
-		                errhint("Name a column that can be assigned, or leave this one out.")));
+		                errdetail("%s", what), errhint("Name a column that can be assigned, or leave this one out.")));
 }
 
 AttrNumber RequireColumn(Oid relid, const char *column, const char *parameter)
@@ -649,11 +647,11 @@ void Register(const catalog::Extension &ext, const Registration &r)
 		                errdetail("Leases can be registered on ordinary tables only (not views, foreign or "
 		                          "partitioned tables).")));
 	if (get_rel_persistence(relid) == RELPERSISTENCE_TEMP)
-		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-		                errmsg("table \"%s\" is a temporary table", get_rel_name(relid)),
-		                errdetail("A temporary table is seen by its own session only, and goes with it: the "
-		                          "reaper could never release its leases."),
-		                errhint("Register an ordinary (permanent or unlogged) table.")));
+		ereport(ERROR,
+		        (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("table \"%s\" is a temporary table", get_rel_name(relid)),
+		         errdetail("A temporary table is seen by its own session only, and goes with it: the "
+		                   "reaper could never release its leases."),
+		         errhint("Register an ordinary (permanent or unlogged) table.")));
 	if (!catalog::IsOwner(relid, GetOuterUserId()))
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("must be owner of table %s", name),
 		                errdetail("The reaper releases leases in a registered table as the table's owner.")));
@@ -673,7 +671,8 @@ void Register(const catalog::Extension &ext, const Registration &r)
 	if (worker_attnum == expires_attnum)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("the worker column and the expires column must differ")));
-	RequireAssignable(relid, worker_attnum, r.worker_column, "Claiming and releasing a lease assign the worker column.");
+	RequireAssignable(relid, worker_attnum, r.worker_column,
+	                  "Claiming and releasing a lease assign the worker column.");
 	RequireAssignable(relid, expires_attnum, r.expires_column,
 	                  "Claiming and releasing a lease assign the expires column.");
 
@@ -725,8 +724,7 @@ void Register(const catalog::Extension &ext, const Registration &r)
 	Oid saved_user = InvalidOid;
 	int saved_context = 0;
 	GetUserIdAndSecContext(&saved_user, &saved_context);
-	SetUserIdAndSecContext(table_owner,
-	                       saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	SetUserIdAndSecContext(table_owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	for (int pass = 0; pass < 2; ++pass) {
 		Jsonb *object = pass == 0 ? r.on_release : r.on_exhausted;
 		const char *parameter = pass == 0 ? "p_on_release" : "p_on_exhausted";
@@ -765,8 +763,7 @@ void Register(const catalog::Extension &ext, const Registration &r)
 
 	// The registration itself is ours: lease_tables is read and written as
 	// its owner (register_lease_table runs with the caller's rights).
-	SetUserIdAndSecContext(catalog::RelationOwner(LeaseTablesRelid(ext)),
-	                       saved_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(catalog::RelationOwner(LeaseTablesRelid(ext)), saved_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	Oid check_types[1] = {OIDOID};
 	Datum check_values[1] = {ObjectIdGetDatum(relid)};
@@ -926,11 +923,11 @@ ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions 
 		}
 		if (t.unfit) {
 			if (options.warn_each_call || FirstReportOfMissing(t.relid))
-				ereport(options.warn_each_call ? WARNING : LOG,
-				        (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				         errmsg("worker_heartbeat: skipped releasing leases in table %s: %s", t.label, t.unfit),
-				         errhint("Change the table back, or unregister it: SELECT unregister_lease_table(%u);",
-				                 t.relid)));
+				ereport(
+				    options.warn_each_call ? WARNING : LOG,
+				    (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				     errmsg("worker_heartbeat: skipped releasing leases in table %s: %s", t.label, t.unfit),
+				     errhint("Change the table back, or unregister it: SELECT unregister_lease_table(%u);", t.relid)));
 			result.tables_failed++;
 			result.last_failure = psprintf("skipped releasing leases in table %s: %s", t.label, t.unfit);
 			continue;

@@ -140,7 +140,7 @@ ok(@payloads >= 1, '12.3: ... and announced');
 ok(!grep({ length($_) >= 8000 } @payloads), '12.3: ... in a payload below 8000 bytes');
 like($payloads[0] // '', qr/\(truncated\)/, '12.3: ... the clipped worker id ends with a marker');
 cmp_ok(sql(q{SELECT max(octet_length(worker_id)) FROM pm_pipeline.worker_events WHERE table_name = 'app.jobs'}),
-	'<=', 256, '12.3: ... and the event row holds the clipped id');
+	'<=', 200, '12.3: ... and the event row holds the clipped id');
 
 # notify_payload = minimal: ids only, no worker type, table or cause.
 ($ret, $out, $err) = $node->psql('postgres', q{
