@@ -289,6 +289,7 @@ char *UpdateStatement(const Table &t, int first)
 }
 
 // 3. Rows still to release after 2: those another transaction held locked.
+// Run with read_only = false, so that its snapshot sees the update above.
 char *LeftStatement(const Table &t, bool by_worker)
 {
 	return psprintf("SELECT pg_catalog.count(*)::pg_catalog.int4 FROM %s s WHERE %s", t.qualified,
@@ -399,7 +400,7 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		}
 	}
 	nulls[nargs] = '\0';
-	spi::Run(spi::Plan(LeftStatement(t, by_worker), nargs, types), values, nulls, true);
+	spi::Run(spi::Plan(LeftStatement(t, by_worker), nargs, types), values, nulls, false);
 	bool isnull = true;
 	int left = SPI_processed > 0 ? DatumGetInt32(spi::Column(0, 1, &isnull)) : 0;
 	*skipped += isnull ? 0 : left;
