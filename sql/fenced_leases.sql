@@ -16,6 +16,8 @@ BEGIN
     code := 'none';
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+    -- Lease tokens are random (19 digits): masked so that the output is stable.
+    message := regexp_replace(message, '\m\d{19}\M', '<token>', 'g');
 END
 $$;
 CREATE SCHEMA pm_pipeline;
@@ -66,7 +68,7 @@ SELECT pm_pipeline.register_lease_table('app.tasks', p_on_release => '{"state": 
 SELECT table_name, worker_column, expires_column, on_release, token_column, attempts_column, order_column,
        max_attempts, on_exhausted
   FROM pm_pipeline.lease_tables;
--- The token sequence is kept by pg_dump.
+-- The token sequence of 1.1 is still kept by pg_dump (unused since 1.2: tokens are random).
 SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS x(oid) JOIN pg_class c ON c.oid = x.oid
  WHERE e.extname = 'worker_heartbeat' AND c.relkind = 'S' ORDER BY 1;
 
@@ -76,9 +78,14 @@ SELECT id, kind, state, claimed_by, lease_expires_at > now() AS leased, lease_to
   FROM pm_pipeline.claim_leases(NULL::app.tasks, 'w1', 2, '1 minute', '{"kind": "a"}', '{"state": "claimed"}');
 -- Held rows are skipped; the limit is respected; no filter takes any kind.
 SELECT id, claimed_by, attempts FROM pm_pipeline.claim_leases(NULL::app.tasks, 'w2', 2);
--- Tokens are distinct and increase in claim order.
-SELECT count(DISTINCT lease_token) AS tokens, bool_and(lease_token IS NOT NULL) AS all_set
+-- Tokens are distinct, and never confusable with a row id (13.7): random
+-- values in [2^62, 2^63).
+SELECT count(DISTINCT lease_token) AS tokens, bool_and(lease_token IS NOT NULL) AS all_set,
+       bool_and(lease_token >= 4611686018427387904) AS all_large
   FROM app.tasks WHERE claimed_by IS NOT NULL;
+-- A row id where the token belongs is refused (WH001), whatever the row.
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.complete_lease('app.tasks', 1)$$);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.extend_lease('app.tasks', 2)$$);
 -- Nothing left but row 4: it comes back in the target list too.
 SELECT (pm_pipeline.claim_leases(NULL::app.tasks, 'w3', 10)).id;
 SELECT count(*) AS nothing FROM pm_pipeline.claim_leases(NULL::app.tasks, 'w4', 10);
@@ -192,6 +199,40 @@ SELECT pm_pipeline.fail_lease('app."Odd Queue"', (SELECT "Tok" FROM app."Odd Que
 SELECT pm_pipeline.complete_lease('app."Odd Queue"', (SELECT "Tok" FROM app."Odd Queue" WHERE "Key" = 'b'), '{"State": "ok"}');
 SELECT * FROM app."Odd Queue" ORDER BY "Key";
 
+-- Releasing a lease clears its token (issue 12, fencing decision): a row
+-- claimed again by a plain UPDATE (not through claim_leases) never makes an
+-- old token valid again. Released three ways: complete, fail, the pass.
+CREATE TABLE app.fence (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz, lease_token bigint);
+CREATE INDEX ON app.fence (claimed_by);
+CREATE INDEX ON app.fence (lease_expires_at);
+CREATE INDEX ON app.fence (lease_token);
+INSERT INTO app.fence (id) VALUES (1), (2), (3);
+SELECT pm_pipeline.register_lease_table('app.fence', p_token_column => 'lease_token');
+CREATE TEMP TABLE ftok AS SELECT id, lease_token AS t FROM pm_pipeline.claim_leases(NULL::app.fence, 'old', 3, '1 hour');
+SELECT pm_pipeline.complete_lease('app.fence', (SELECT t FROM ftok WHERE id = 1));
+SELECT pm_pipeline.fail_lease('app.fence', (SELECT t FROM ftok WHERE id = 2));
+UPDATE app.fence SET lease_expires_at = now() - interval '1 second' WHERE id = 3;
+SELECT pm_pipeline.release_dead_worker_leases() >= 1 AS released;
+SELECT id, claimed_by, lease_token FROM app.fence ORDER BY id;
+UPDATE app.fence SET claimed_by = 'new', lease_expires_at = now() + interval '1 hour';
+SELECT f.id, e.code, e.message
+  FROM ftok f, pg_temp.error_of(format('SELECT pm_pipeline.extend_lease(%L, %s)', 'app.fence', f.t)) e ORDER BY f.id;
+SELECT id, claimed_by FROM app.fence ORDER BY id;
+
+-- claim_leases by name (issue 15 item 4): an untyped literal resolves to
+-- claim_leases(text, ...), which returns the claimed rows as jsonb; the name
+-- must be schema-qualified (an unqualified one is refused with a hint).
+UPDATE app.fence SET claimed_by = NULL, lease_expires_at = NULL, lease_token = NULL;
+SELECT c->>'id' AS id, c->>'claimed_by' AS claimed_by,
+       (c->>'lease_token')::bigint >= 4611686018427387904 AS has_token
+  FROM pm_pipeline.claim_leases('app.fence', 'byname', 2) AS c;
+SELECT pm_pipeline.claim_leases('app.fence', 'byname', 5)->>'id' AS id;
+SELECT count(*) AS nothing_left FROM pm_pipeline.claim_leases('app.fence', 'byname');
+SELECT * FROM pg_temp.error_of($$SELECT * FROM pm_pipeline.claim_leases('fence', 'w1', 1)$$);
+SELECT * FROM pg_temp.error_of($$SELECT * FROM pm_pipeline.claim_leases('app.nope', 'w1', 1)$$);
+SELECT * FROM pg_temp.error_of($$SELECT * FROM pm_pipeline.claim_leases('app.unregistered', 'w1', 1)$$);
+SELECT * FROM pg_temp.error_of($$SELECT * FROM pm_pipeline.claim_leases(NULL::text, 'w1', 1)$$);
+
 -- Filters compare with the column type's own equality operator, wherever it
 -- lives (citext's is case-insensitive); a type without one is refused.
 CREATE EXTENSION citext SCHEMA app;
@@ -209,7 +250,7 @@ SELECT * FROM pg_temp.error_of($$SELECT * FROM pm_pipeline.claim_leases(NULL::ap
 SELECT p.proname, p.prosecdef, p.proconfig, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
   FROM pg_proc p WHERE p.pronamespace = 'pm_pipeline'::regnamespace
    AND p.proname IN ('claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease', 'register_lease_table')
- ORDER BY 1;
+ ORDER BY 1, 2;
 -- A worker role needs EXECUTE and its own rights on the table, nothing on our
 -- catalog or sequence; row-level security on the table applies.
 CREATE ROLE wh_fenced_worker;

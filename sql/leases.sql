@@ -61,6 +61,16 @@ SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.ba
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.bad', NULL, 'until')$$);
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.bad', 'holder', 'holder')$$);
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.bad', 'holder', 'until', '{"id": "not a number"}')$$);
+-- Issue 12 item 8: a temporary table, and assignments to columns that cannot
+-- be assigned (generated, identity GENERATED ALWAYS), are refused.
+CREATE TEMP TABLE temp_queue (id int, claimed_by text, lease_expires_at timestamptz);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('pg_temp.temp_queue')$$);
+CREATE TABLE app.gen (id int GENERATED ALWAYS AS IDENTITY, n int, doubled int GENERATED ALWAYS AS (n * 2) STORED,
+                      claimed_by text, lease_expires_at timestamptz,
+                      gen_worker text GENERATED ALWAYS AS ('w' || n) STORED);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.gen', p_on_release => '{"doubled": 0}')$$);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.gen', p_on_release => '{"id": 0}')$$);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.gen', 'gen_worker')$$);
 CREATE VIEW app.v AS SELECT * FROM app.bad;
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.register_lease_table('app.v', 'holder', 'until')$$);
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.unregister_lease_table('app.bad')$$);

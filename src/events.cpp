@@ -1,5 +1,6 @@
 #include "events.hpp"
 
+#include "settings.hpp"
 #include "spi_plans.hpp"
 
 #include <utility>
@@ -7,6 +8,7 @@
 extern "C" {
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/json.h"
 }
@@ -39,12 +41,26 @@ void JsonSeconds(StringInfo buf, const char *key, int64 us)
 	appendStringInfo(buf, ",\"%s\":%.3f", key, static_cast<double>(us) / 1e6);
 }
 
-char *Payload(const Event &e, TimestampTz at)
+// The NOTIFY payload of an event. Every text field was clipped by Add, so a
+// full payload stays far below kMaxPayloadBytes; should it not (escaping can
+// multiply a field's length by 6), the minimal payload is sent instead.
+char *Payload(const Event &e, int64 event_id, TimestampTz at, bool minimal)
 {
 	StringInfoData buf;
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"event\":");
 	escape_json(&buf, e.event);
+	if (event_id > 0)
+		appendStringInfo(&buf, ",\"event_id\":" INT64_FORMAT, event_id);
+	if (minimal) {
+		const char *id = e.worker_id ? Clip(e.worker_id, 200) : nullptr;
+		if (id && strlen(id) * 6 + 200 > static_cast<size_t>(kMaxPayloadBytes))
+			id = Clip(id, (kMaxPayloadBytes - 200) / 6);
+		JsonField(&buf, "worker_id", id);
+		JsonField(&buf, "at", JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
+		appendStringInfoChar(&buf, '}');
+		return buf.data;
+	}
 	JsonField(&buf, "worker_id", e.worker_id);
 	JsonField(&buf, "worker_type", e.worker_type);
 	JsonField(&buf, "cause", e.cause);
@@ -57,6 +73,8 @@ char *Payload(const Event &e, TimestampTz at)
 	// ISO 8601, as to_json() writes it, so that any client parses it.
 	JsonField(&buf, "at", JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
 	appendStringInfoChar(&buf, '}');
+	if (buf.len >= kMaxPayloadBytes)
+		return Payload(e, event_id, at, true);
 	return buf.data;
 }
 
@@ -88,6 +106,18 @@ ArrayType *TextArray(Datum *values, bool *nulls, int n)
 
 } // namespace
 
+const char *Clip(const char *value, int max_bytes)
+{
+	if (!value)
+		return nullptr;
+	int len = static_cast<int>(strlen(value));
+	if (len <= max_bytes)
+		return value;
+	int marker = static_cast<int>(strlen(kClipMarker));
+	int keep = pg_mbcliplen(value, len, Max(0, max_bytes - marker));
+	return psprintf("%.*s%s", keep, value, kClipMarker);
+}
+
 Batch *Batch::Create()
 {
 	auto *batch = static_cast<Batch *>(palloc(sizeof(Batch)));
@@ -106,9 +136,13 @@ void Batch::Add(const Event &event)
 	Event &copy = items_[count_++];
 	copy = event;
 	// Keep our own copies: callers' strings may live in SPI memory.
-	copy.worker_id = event.worker_id ? pstrdup(event.worker_id) : nullptr;
-	copy.worker_type = event.worker_type ? pstrdup(event.worker_type) : nullptr;
-	copy.table_name = event.table_name ? pstrdup(event.table_name) : nullptr;
+	// Clipped: a worker column of a user's table can hold 8 kB of anything,
+	// which must neither fail the INSERT (index row size) nor the NOTIFY.
+	copy.worker_id = event.worker_id ? pstrdup(Clip(event.worker_id, kMaxFieldBytes)) : nullptr;
+	copy.worker_type = event.worker_type ? pstrdup(Clip(event.worker_type, kMaxFieldBytes)) : nullptr;
+	copy.table_name = event.table_name ? pstrdup(Clip(event.table_name, kMaxNameBytes)) : nullptr;
+	copy.cause = event.cause ? pstrdup(Clip(event.cause, kMaxNameBytes)) : nullptr;
+	copy.reason = event.reason ? pstrdup(Clip(event.reason, kMaxNameBytes)) : nullptr;
 }
 
 void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
@@ -159,12 +193,19 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	    "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
 	    "pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) "
 	    "AS u(event, worker_id, worker_type, table_name, details, released_count, silent_for, "
-	    "detection_latency)",
+	    "detection_latency) RETURNING event_id",
 	    catalog::Qualified(ext, "worker_events"));
 	spi::Run(spi::Plan(sql, 9, types), args, nullptr, false);
-	for (int i = 0; i < n; ++i)
-		if (strcmp(items_[i].event, "removed") != 0)
-			Async_Notify(kChannel, Payload(items_[i], at));
+	// INSERT ... SELECT returns its rows in the order of the unnest().
+	bool ids_known = SPI_processed == static_cast<uint64>(n);
+	bool minimal = settings::notify_payload == settings::kNotifyMinimal;
+	for (int i = 0; i < n; ++i) {
+		if (strcmp(items_[i].event, "removed") == 0)
+			continue;
+		bool isnull = true;
+		int64 id = ids_known ? DatumGetInt64(spi::Column(i, 1, &isnull)) : 0;
+		Async_Notify(kChannel, Payload(items_[i], isnull ? 0 : id, at, minimal));
+	}
 	count_ = 0;
 }
 

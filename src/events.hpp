@@ -10,6 +10,20 @@ namespace wh::events
 {
 
 inline constexpr const char *kChannel = "worker_heartbeat";
+// worker_id and worker_type of an event, at most (bytes): a real one is at
+// most 200 bytes (the API refuses longer ones), but a worker column of a
+// user's table can hold anything. Table names, causes and reasons: at most
+// kMaxNameBytes.
+inline constexpr int kMaxFieldBytes = 200;
+inline constexpr int kMaxNameBytes = 512;
+// The longest NOTIFY payload sent (PostgreSQL's limit is 7999 bytes).
+inline constexpr int kMaxPayloadBytes = 2000;
+// The marker that ends a clipped value.
+inline constexpr const char *kClipMarker = "...(truncated)";
+
+// value clipped to at most max_bytes bytes (on a character boundary), ended by
+// kClipMarker when something was cut; value itself when it fits.
+const char *Clip(const char *value, int max_bytes);
 
 struct Event {
 	const char *event = nullptr;       // started, stopped, died, revived, leases_released, removed, lease_exhausted
@@ -30,7 +44,20 @@ class Batch
 	static Batch *Create();
 	void Add(const Event &event);
 	int Size() const { return count_; }
-	// Writes the rows and queues one NOTIFY per event (sent at commit).
+	// A mark taken before a subtransaction, and dropping every event added
+	// since: the events of a release that was rolled back are never written
+	// nor sent.
+	int Mark() const { return count_; }
+	void Truncate(int mark)
+	{
+		if (mark >= 0 && mark < count_)
+			count_ = mark;
+	}
+	// Writes the rows and queues one NOTIFY per event (sent at commit). Never
+	// raises on the content of an event: text fields are clipped to
+	// kMaxFieldBytes (a marker ends a clipped value) and a payload never
+	// exceeds kMaxPayloadBytes (PostgreSQL refuses NOTIFY payloads of 8000
+	// bytes or more).
 	void Flush(const catalog::Extension &ext, TimestampTz at);
 
   private:

@@ -12,13 +12,16 @@ extern "C" {
 #include "access/table.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
-#include "commands/sequence.h"
+#include "catalog/namespace.h"
+#include "utils/guc.h"
+#include "utils/varlena.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(wh_claim_leases);
+PG_FUNCTION_INFO_V1(wh_claim_leases_by_name);
 PG_FUNCTION_INFO_V1(wh_extend_lease);
 PG_FUNCTION_INFO_V1(wh_complete_lease);
 PG_FUNCTION_INFO_V1(wh_fail_lease);
@@ -90,6 +93,10 @@ const Table *RequireFencedTable(const wh::catalog::Extension &ext, Oid relid)
 		                errmsg("table %s is registered without a token column", t->label),
 		                errhint("Fenced leases need one: unregister_lease_table() it, then register it again with "
 		                        "p_token_column.")));
+	if (t->unfit)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+		                errmsg("table %s no longer qualifies for leases: %s", t->label, t->unfit),
+		                errhint("Change the table back, or unregister it and register it again.")));
 	return t;
 }
 
@@ -147,7 +154,8 @@ const char *EqualityOperator(const Assignment &a)
 	HeapTuple tuple = OidIsValid(entry->eq_opr) ? SearchSysCache1(OPEROID, ObjectIdGetDatum(entry->eq_opr)) : nullptr;
 	if (!HeapTupleIsValid(tuple))
 		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FUNCTION),
-		                errmsg("p_filter cannot compare column %s: type %s has no equality operator", a.column, a.type),
+		                errmsg("p_filter cannot compare column %s: type %s has no equality operator", a.column,
+		                       format_type_be(a.type_oid)),
 		                errhint("Filter on another column (claim_leases compares with =).")));
 	auto *form = reinterpret_cast<Form_pg_operator>(GETSTRUCT(tuple));
 	const char *op =
@@ -193,14 +201,67 @@ const char *RowAlias(Oid relid)
 	return alias;
 }
 
-Oid TokenSequence(const wh::catalog::Extension &ext)
+// A new lease token: 62 random bits with bit 62 set, so every token is in
+// [2^62, 2^63): never a small number that a row id (or a count, or a
+// sequence value) could be mistaken for, and a wrong number is refused with
+// WH001 with overwhelming probability.
+int64 RandomToken()
 {
-	Oid seq = get_relname_relid("lease_token_seq", ext.schema);
-	if (seq == InvalidOid)
-		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-		                errmsg("sequence lease_token_seq of extension worker_heartbeat is missing"),
-		                errhint("ALTER EXTENSION worker_heartbeat UPDATE;")));
-	return seq;
+	uint64 bits = 0;
+	if (!pg_strong_random(&bits, sizeof bits))
+		ereport(ERROR, (errcode(ERRCODE_SYSTEM_ERROR), errmsg("could not generate a random lease token")));
+	return static_cast<int64>((bits & UINT64CONST(0x3FFFFFFFFFFFFFFF)) | UINT64CONST(0x4000000000000000));
+}
+
+int CompareInt64(const void *a, const void *b)
+{
+	int64 x = *static_cast<const int64 *>(a);
+	int64 y = *static_cast<const int64 *>(b);
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+// n new tokens, distinct from each other and from every token the table
+// holds now (a collision is astronomically rare; it is checked anyway).
+Datum *NewTokens(const Table &t, int n)
+{
+	auto *tokens = static_cast<int64 *>(palloc(sizeof(int64) * n));
+	auto *datums = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+	for (int i = 0; i < n; ++i)
+		tokens[i] = RandomToken();
+	char *sql = psprintf("SELECT s.%s FROM %s s WHERE s.%s OPERATOR(pg_catalog.=) ANY ($1)", t.token_column,
+	                     t.qualified, t.token_column);
+	Oid types[1] = {INT8ARRAYOID};
+	for (int attempt = 0;; ++attempt) {
+		if (attempt == 8)
+			ereport(ERROR, (errcode(ERRCODE_SYSTEM_ERROR), errmsg("could not generate unique lease tokens")));
+		bool changed = false;
+		auto *sorted = static_cast<int64 *>(palloc(sizeof(int64) * n));
+		memcpy(sorted, tokens, sizeof(int64) * n);
+		qsort(sorted, n, sizeof(int64), CompareInt64);
+		for (int i = 1; i < n; ++i)
+			if (sorted[i] == sorted[i - 1])
+				for (int k = 0; k < n; ++k)
+					if (tokens[k] == sorted[i]) {
+						tokens[k] = RandomToken();
+						changed = true;
+						break;
+					}
+		for (int i = 0; i < n; ++i)
+			datums[i] = Int64GetDatum(tokens[i]);
+		Datum values[1] = {PointerGetDatum(construct_array(datums, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
+		wh::spi::Run(wh::spi::Plan(sql, 1, types), values, nullptr, false);
+		for (uint64 row = 0; row < SPI_processed; ++row) {
+			bool isnull = false;
+			int64 taken = DatumGetInt64(wh::spi::Column(static_cast<int>(row), 1, &isnull));
+			for (int k = 0; !isnull && k < n; ++k)
+				if (tokens[k] == taken) {
+					tokens[k] = RandomToken();
+					changed = true;
+				}
+		}
+		if (!changed)
+			return datums;
+	}
 }
 
 // Runs fn as the owner of the extension's tables (for its own objects only).
@@ -237,17 +298,12 @@ uint64 LockLease(const Table &t, int64 token, const char *strength)
 
 // The bodies of the SQL-callable functions, each run through WH_GUARDED below.
 
-Datum ClaimLeases(FunctionCallInfo fcinfo)
+// claim_leases(NULL::table, ...) returns rows of the table's type (argtype);
+// claim_leases('table', ...) returns them as jsonb (argtype InvalidOid).
+Datum ClaimLeases(FunctionCallInfo fcinfo, Oid relid, Oid argtype)
 {
 	{
-		Oid argtype = get_fn_expr_argtype(fcinfo->flinfo, 0);
-		Oid relid = argtype != InvalidOid ? get_typ_typrelid(argtype) : InvalidOid;
-		if (relid == InvalidOid)
-			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
-			                errmsg("p_table must be a row of a registered table, not %s",
-			                       argtype != InvalidOid ? format_type_be(argtype) : "unknown"),
-			                errhint("Pass NULL cast to the table's row type: claim_leases(NULL::app.queue, "
-			                        "'worker-1').")));
+		bool as_jsonb = argtype == InvalidOid;
 		RequireNotNull(fcinfo, 1, "p_worker_id");
 		text *worker = PG_GETARG_TEXT_PP(1);
 		int worker_len = VARSIZE_ANY_EXHDR(worker);
@@ -266,7 +322,7 @@ Datum ClaimLeases(FunctionCallInfo fcinfo)
 		Jsonb *set_json = OptionalJsonb(fcinfo, 5);
 		wh::catalog::Extension ext = wh::catalog::RequireExtension();
 		// Checks the call context and the row type before any work.
-		InitMaterializedSRF(fcinfo, 0);
+		InitMaterializedSRF(fcinfo, as_jsonb ? MAT_SRF_USE_EXPECTED_DESC : 0);
 		auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
 		ConnectSpi();
 		const Table *t = RequireFencedTable(ext, relid);
@@ -275,7 +331,6 @@ Datum ClaimLeases(FunctionCallInfo fcinfo)
 		Assignment *filter = OptionalAssignments(*t, filter_json, "p_filter", &filter_count);
 		Assignment *set = OptionalAssignments(*t, set_json, "p_set", &set_count);
 		RefuseManaged(*t, set, set_count, "p_set");
-		Oid sequence = TokenSequence(ext);
 
 		// 1. Pick and lock free rows, oldest first, skipping rows others hold locked.
 		StringInfoData pick;
@@ -304,15 +359,13 @@ Datum ClaimLeases(FunctionCallInfo fcinfo)
 			return (Datum)0;
 		}
 		auto *ctids = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-		auto *tokens = static_cast<Datum *>(palloc(sizeof(Datum) * n));
 		for (int i = 0; i < n; ++i) {
 			bool isnull = false;
 			auto *tid = static_cast<ItemPointer>(palloc(sizeof(ItemPointerData)));
 			ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(wh::spi::Column(i, 1, &isnull))), tid);
 			ctids[i] = PointerGetDatum(tid);
-			// The caller needs no right on our sequence.
-			tokens[i] = Int64GetDatum(nextval_internal(sequence, false));
 		}
+		Datum *tokens = NewTokens(*t, n);
 
 		// 2. Lease them: worker, deadline, a new token each, attempts + 1, p_set.
 		const char *alias = RowAlias(relid);
@@ -327,10 +380,12 @@ Datum ClaimLeases(FunctionCallInfo fcinfo)
 			                 t->attempts_column);
 		AppendAssignments(&claim, set, set_count, 5);
 		appendStringInfo(&claim,
-		                 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(row_ctid, token)"
-		                 " WHERE %s.ctid OPERATOR(pg_catalog.=) u.row_ctid RETURNING %s, u.token)"
-		                 " SELECT c.%s FROM claimed c ORDER BY c.token",
-		                 alias, alias, alias);
+		                 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4)) WITH ORDINALITY"
+		                 " AS u(row_ctid, token, ord)"
+		                 " WHERE %s.ctid OPERATOR(pg_catalog.=) u.row_ctid RETURNING %s, u.ord)"
+		                 " SELECT %s FROM claimed c ORDER BY c.ord",
+		                 alias, alias,
+		                 as_jsonb ? psprintf("pg_catalog.to_jsonb(c.%s)", alias) : psprintf("c.%s", alias));
 		int claim_args = 4 + set_count;
 		auto *types = static_cast<Oid *>(palloc(sizeof(Oid) * claim_args));
 		auto *values = static_cast<Datum *>(palloc(sizeof(Datum) * claim_args));
@@ -347,6 +402,15 @@ Datum ClaimLeases(FunctionCallInfo fcinfo)
 		FillParams(set, set_count, types + 4, values + 4, nulls + 4);
 		nulls[claim_args] = '\0';
 		wh::spi::Run(wh::spi::Plan(claim.data, claim_args, types), values, nulls, false);
+		if (as_jsonb) {
+			for (uint64 row = 0; row < SPI_processed; ++row) {
+				bool isnull = false;
+				Datum value = wh::spi::Column(static_cast<int>(row), 1, &isnull);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
+			}
+			SPI_finish();
+			return (Datum)0;
+		}
 		if (SPI_processed > 0 && SPI_gettypeid(SPI_tuptable->tupdesc, 1) != argtype)
 			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH), errmsg("claimed rows have an unexpected type")));
 		for (uint64 row = 0; row < SPI_processed; ++row) {
@@ -405,8 +469,9 @@ Datum CompleteLease(FunctionCallInfo fcinfo)
 		RefuseManaged(*t, set, set_count, "p_set");
 		StringInfoData sql;
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL", t->qualified, t->worker_column,
-		                 t->expires_column);
+		// The token is cleared with the lease: it never becomes valid again.
+		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->qualified, t->worker_column,
+		                 t->expires_column, t->token_column);
 		AppendAssignments(&sql, set, set_count, 2);
 		appendStringInfo(&sql, " WHERE t.%s OPERATOR(pg_catalog.=) $1 AND t.%s IS NOT NULL", t->token_column,
 		                 t->worker_column);
@@ -465,8 +530,9 @@ Datum FailLease(FunctionCallInfo fcinfo)
 		}
 		StringInfoData sql;
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL", t->qualified, t->worker_column,
-		                 t->expires_column);
+		// The token is cleared with the lease: it never becomes valid again.
+		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->qualified, t->worker_column,
+		                 t->expires_column, t->token_column);
 		AppendAssignments(&sql, merged, count, 2);
 		appendStringInfoString(&sql, " WHERE t.ctid OPERATOR(pg_catalog.=) $1");
 		int nargs = 1 + count;
@@ -522,7 +588,42 @@ extern "C" {
 
 Datum wh_claim_leases(PG_FUNCTION_ARGS)
 {
-	WH_GUARDED({ return ClaimLeases(fcinfo); });
+	WH_GUARDED({
+		Oid argtype = get_fn_expr_argtype(fcinfo->flinfo, 0);
+		Oid relid = argtype != InvalidOid ? get_typ_typrelid(argtype) : InvalidOid;
+		if (relid == InvalidOid)
+			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+			                errmsg("p_table must be a row of a registered table, not %s",
+			                       argtype != InvalidOid ? format_type_be(argtype) : "unknown"),
+			                errhint("Pass NULL cast to the table's row type: claim_leases(NULL::app.queue, "
+			                        "'worker-1') returns rows of app.queue; or the table's name as text: "
+			                        "claim_leases('app.queue', 'worker-1') returns them as jsonb.")));
+		return ClaimLeases(fcinfo, relid, argtype);
+	});
+}
+
+// claim_leases(p_table text, ...): the table by name, the rows as jsonb. The
+// name is looked up under the function's search_path (pg_catalog, pg_temp),
+// not the caller's: it must be schema-qualified ('app.jobs'), which the error
+// for an unqualified name says.
+Datum wh_claim_leases_by_name(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		RequireNotNull(fcinfo, 0, "p_table");
+		char *given = text_to_cstring(PG_GETARG_TEXT_PP(0));
+		List *names = textToQualifiedNameList(PG_GETARG_TEXT_PP(0));
+		RangeVar *range = makeRangeVarFromNameList(names);
+		Oid relid = RangeVarGetRelid(range, NoLock, true);
+		if (relid == InvalidOid)
+			ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("table \"%s\" does not exist", given),
+			                range->schemaname
+			                    ? 0
+			                    : errhint("claim_leases() looks a table name up without your search_path: qualify it "
+			                              "with its schema, claim_leases('public.%s', ...), or pass its row type, "
+			                              "claim_leases(NULL::%s, ...), which returns typed rows.",
+			                              given, given)));
+		return ClaimLeases(fcinfo, relid, InvalidOid);
+	});
 }
 
 Datum wh_extend_lease(PG_FUNCTION_ARGS)

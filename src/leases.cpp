@@ -42,7 +42,9 @@ const char *ColumnType(Oid relid, AttrNumber attnum)
 	int32 typmod = -1;
 	Oid collation = InvalidOid;
 	get_atttypetypmodcoll(relid, attnum, &type, &typmod, &collation);
-	return format_type_with_typemod(type, typmod);
+	// Always schema-qualified: the statements run under search_path =
+	// pg_catalog, pg_temp, where a type of another schema is not found.
+	return format_type_extended(type, typmod, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
 }
 
 const char *QualifiedName(Oid relid)
@@ -69,6 +71,49 @@ bool CatalogHasFencing(const catalog::Extension &ext)
 const char *QuotedOrNull(const char *name)
 {
 	return name ? quote_identifier(name) : nullptr;
+}
+
+// Why a registered table no longer qualifies (its owner changed it since the
+// registration), NULL when it still does: the statements of a pass are only
+// built for an ordinary table with a text worker column and a timestamptz
+// expires column (and a bigint token column).
+const char *Unfit(Oid relid, const char *worker, const char *expires, const char *token)
+{
+	char relkind = get_rel_relkind(relid);
+	if (relkind != RELKIND_RELATION)
+		return "it is no longer an ordinary table";
+	AttrNumber attnum = get_attnum(relid, worker);
+	if (attnum == InvalidAttrNumber)
+		return psprintf("its worker column \"%s\" is gone", worker);
+	if (!IsTextLike(get_atttype(relid, attnum)))
+		return psprintf("its worker column \"%s\" is no longer text", worker);
+	attnum = get_attnum(relid, expires);
+	if (attnum == InvalidAttrNumber)
+		return psprintf("its expires column \"%s\" is gone", expires);
+	if (get_atttype(relid, attnum) != TIMESTAMPTZOID)
+		return psprintf("its expires column \"%s\" is no longer timestamptz", expires);
+	if (token) {
+		attnum = get_attnum(relid, token);
+		if (attnum == InvalidAttrNumber)
+			return psprintf("its token column \"%s\" is gone", token);
+		if (get_atttype(relid, attnum) != INT8OID)
+			return psprintf("its token column \"%s\" is no longer bigint", token);
+	}
+	return nullptr;
+}
+
+// Runs fn as role (SECURITY_LOCAL_USERID_CHANGE, plus flags), then switches
+// back. An error in fn leaves through the (sub)transaction abort, which
+// restores the user.
+template <typename Fn> void AsRole(Oid role, int flags, Fn fn)
+{
+	Oid saved_user = InvalidOid;
+	int saved_context = 0;
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	if (role != InvalidOid)
+		SetUserIdAndSecContext(role, saved_context | SECURITY_LOCAL_USERID_CHANGE | flags);
+	fn();
+	SetUserIdAndSecContext(saved_user, saved_context);
 }
 
 } // namespace
@@ -115,6 +160,7 @@ Table *LoadTables(const catalog::Extension &ext, int *count, Oid only)
 			bool max_null = true;
 			Datum max = spi::Column(row, 11, &max_null);
 			t.max_attempts = max_null ? 0 : DatumGetInt32(max);
+			t.unfit = t.exists ? Unfit(relid, spi::ColumnText(row, 2), expires, spi::ColumnText(row, 8)) : nullptr;
 			t.assignments = static_cast<Assignment *>(palloc0(sizeof(Assignment) * rows));
 			t.exhausted = static_cast<Assignment *>(palloc0(sizeof(Assignment) * rows));
 		}
@@ -179,6 +225,10 @@ char *ReleaseSetList(const Table &t)
 	StringInfoData set;
 	initStringInfo(&set);
 	appendStringInfo(&set, "%s = NULL, %s = NULL", t.worker_column, t.expires_column);
+	// The token of a released row is cleared: it can never become valid
+	// again, even when the row is claimed by a plain UPDATE later.
+	if (t.token_column)
+		appendStringInfo(&set, ", %s = NULL", t.token_column);
 	if (!CanExhaust(t)) {
 		for (int i = 0; i < t.assignment_count; ++i)
 			appendStringInfo(&set, ", %s = CAST($%d AS %s)", t.assignments[i].column, i + 2, t.assignments[i].type);
@@ -205,22 +255,45 @@ char *ReleaseSetList(const Table &t)
 	return set.data;
 }
 
-char *ReleaseStatement(const Table &t, bool by_worker)
+const char *ReleaseCondition(const Table &t, bool by_worker)
 {
-	const char *condition = by_worker
-	                            ? psprintf("s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)", t.worker_column)
-	                            : psprintf("s.%s OPERATOR(pg_catalog.<) pg_catalog.now()", t.expires_column);
+	return by_worker ? psprintf("s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)", t.worker_column)
+	                 : psprintf("s.%s OPERATOR(pg_catalog.<) pg_catalog.now()", t.expires_column);
+}
+
+// 1. Lock the rows to release (skipping rows others hold locked), with their
+// holder and whether this was their last attempt.
+char *PickStatement(const Table &t, bool by_worker)
+{
 	const char *exhausted = CanExhaust(t) ? psprintf("(s.%s IS NOT NULL AND s.%s OPERATOR(pg_catalog.>=) $%d)",
 	                                                 t.worker_column, t.attempts_column, ExhaustedParam(t))
 	                                      : "false";
-	return psprintf("WITH picked AS MATERIALIZED ("
-	                " SELECT s.ctid AS row_ctid, s.%s::pg_catalog.text AS holder, %s AS exhausted FROM %s s WHERE %s"
-	                " FOR UPDATE OF s SKIP LOCKED),"
-	                " released AS (UPDATE %s t SET %s"
-	                " WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT row_ctid FROM picked)) RETURNING 1)"
+	return psprintf("SELECT s.ctid, s.%s::pg_catalog.text, %s FROM %s s WHERE %s FOR UPDATE OF s SKIP LOCKED",
+	                t.worker_column, exhausted, t.qualified, ReleaseCondition(t, by_worker));
+}
+
+// 2. Release them, as a statement of its own: its snapshot sees the version
+// of each row that the lock above found (a row updated concurrently is locked
+// in its new version, which a single statement could not update). Counted
+// from RETURNING: what is reported is what was released. Parameters first +
+// 0..2: the ctids, holders and exhausted flags of the picked rows.
+char *UpdateStatement(const Table &t, int first)
+{
+	return psprintf("WITH released AS (UPDATE %s t SET %s"
+	                " FROM ROWS FROM (pg_catalog.unnest($%d), pg_catalog.unnest($%d), pg_catalog.unnest($%d))"
+	                " AS u(row_ctid, holder, exhausted)"
+	                " WHERE t.ctid OPERATOR(pg_catalog.=) u.row_ctid RETURNING u.holder, u.exhausted)"
 	                " SELECT holder, pg_catalog.count(*)::pg_catalog.int4,"
-	                " (pg_catalog.count(*) FILTER (WHERE exhausted))::pg_catalog.int4 FROM picked GROUP BY holder",
-	                t.worker_column, exhausted, t.qualified, condition, t.qualified, ReleaseSetList(t));
+	                " (pg_catalog.count(*) FILTER (WHERE exhausted))::pg_catalog.int4 FROM released GROUP BY holder",
+	                t.qualified, ReleaseSetList(t), first, first + 1, first + 2);
+}
+
+// 3. Rows still to release after 2: those another transaction held locked.
+// Run with read_only = false, so that its snapshot sees the update above.
+char *LeftStatement(const Table &t, bool by_worker)
+{
+	return psprintf("SELECT pg_catalog.count(*)::pg_catalog.int4 FROM %s s WHERE %s", t.qualified,
+	                ReleaseCondition(t, by_worker));
 }
 
 // options.holders is sorted by ReleaseLeases: a pass with 1000 dead workers
@@ -244,14 +317,16 @@ void FillAssignmentParams(const Assignment *list, int count, Oid *types, Datum *
 }
 
 // Returns the number of leases released; *requeued counts those that went
-// back to the queue (held by someone, not exhausted).
+// back to the queue (held by someone, not exhausted), *skipped those left
+// because another transaction held them locked (a later pass retries them).
 int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptions &options, events::Batch *batch,
-               int *requeued)
+               int *requeued, int *skipped)
 {
 	int nargs = 1 + t.assignment_count + (CanExhaust(t) ? t.exhausted_count + 1 : 0);
-	auto *types = static_cast<Oid *>(palloc(sizeof(Oid) * nargs));
-	auto *values = static_cast<Datum *>(palloc(sizeof(Datum) * nargs));
-	auto *nulls = static_cast<char *>(palloc(nargs + 1));
+	// The update statement takes three more: the picked rows.
+	auto *types = static_cast<Oid *>(palloc(sizeof(Oid) * (nargs + 3)));
+	auto *values = static_cast<Datum *>(palloc(sizeof(Datum) * (nargs + 3)));
+	auto *nulls = static_cast<char *>(palloc(nargs + 4));
 	types[0] = TEXTARRAYOID;
 	values[0] = holders;
 	nulls[0] = holders == (Datum)0 ? 'n' : ' ';
@@ -264,35 +339,71 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		nulls[nargs - 1] = ' ';
 	}
 	nulls[nargs] = '\0';
-	spi::Run(spi::Plan(ReleaseStatement(t, by_worker), nargs, types), values, nulls, false);
+	spi::Run(spi::Plan(PickStatement(t, by_worker), nargs, types), values, nulls, false);
+	int picked = static_cast<int>(SPI_processed);
 	int released = 0;
-	for (uint64 row = 0; row < SPI_processed; ++row) {
-		char *holder = spi::ColumnText(static_cast<int>(row), 1);
-		bool isnull = false;
-		int count = DatumGetInt32(spi::Column(static_cast<int>(row), 2, &isnull));
-		int exhausted = DatumGetInt32(spi::Column(static_cast<int>(row), 3, &isnull));
-		released += count;
-		if (!holder && !by_worker)
-			continue; // an expired deadline on a row nobody held: cleared, not an event
-		*requeued += count - exhausted;
-		const Holder *h = FindHolder(options, holder);
-		events::Event e{};
-		e.event = "leases_released";
-		e.worker_id = holder;
-		e.table_name = t.label;
-		e.released_count = count;
-		e.silent_for_us = h ? h->silent_for_us : -1;
-		e.latency_us = h ? h->latency_us : -1;
-		e.reason = by_worker ? options.reason : "lease_expired";
-		batch->Add(e);
-		if (exhausted > 0) {
-			e.event = "lease_exhausted";
-			e.released_count = exhausted;
-			e.silent_for_us = -1;
-			e.latency_us = -1;
+	if (picked > 0) {
+		auto *ctids = static_cast<Datum *>(palloc(sizeof(Datum) * picked));
+		auto *holder_values = static_cast<Datum *>(palloc(sizeof(Datum) * picked));
+		auto *holder_nulls = static_cast<bool *>(palloc(sizeof(bool) * picked));
+		auto *exhausted_values = static_cast<Datum *>(palloc(sizeof(Datum) * picked));
+		for (int row = 0; row < picked; ++row) {
+			bool isnull = false;
+			auto *tid = static_cast<ItemPointer>(palloc(sizeof(ItemPointerData)));
+			ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(spi::Column(row, 1, &isnull))), tid);
+			ctids[row] = PointerGetDatum(tid);
+			char *holder = spi::ColumnText(row, 2);
+			holder_nulls[row] = holder == nullptr;
+			holder_values[row] = holder ? CStringGetTextDatum(holder) : (Datum)0;
+			Datum exhausted = spi::Column(row, 3, &isnull);
+			exhausted_values[row] = BoolGetDatum(!isnull && DatumGetBool(exhausted));
+		}
+		int dims[1] = {picked};
+		int lbs[1] = {1};
+		types[nargs] = TIDARRAYOID;
+		values[nargs] =
+		    PointerGetDatum(construct_array(ctids, picked, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+		types[nargs + 1] = TEXTARRAYOID;
+		values[nargs + 1] = PointerGetDatum(
+		    construct_md_array(holder_values, holder_nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+		types[nargs + 2] = BOOLARRAYOID;
+		values[nargs + 2] = PointerGetDatum(construct_array(exhausted_values, picked, BOOLOID, 1, true, TYPALIGN_CHAR));
+		memset(nulls + nargs, ' ', 3);
+		nulls[nargs + 3] = '\0';
+		spi::Run(spi::Plan(UpdateStatement(t, nargs + 1), nargs + 3, types), values, nulls, false);
+		for (uint64 row = 0; row < SPI_processed; ++row) {
+			char *holder = spi::ColumnText(static_cast<int>(row), 1);
+			bool isnull = false;
+			int count = DatumGetInt32(spi::Column(static_cast<int>(row), 2, &isnull));
+			int exhausted = DatumGetInt32(spi::Column(static_cast<int>(row), 3, &isnull));
+			released += count;
+			if (!holder && !by_worker)
+				continue; // an expired deadline on a row nobody held: cleared, not an event
+			*requeued += count - exhausted;
+			const Holder *h = FindHolder(options, holder);
+			events::Event e{};
+			e.event = "leases_released";
+			e.worker_id = holder;
+			e.table_name = t.label;
+			e.released_count = count;
+			e.silent_for_us = h ? h->silent_for_us : -1;
+			e.latency_us = h ? h->latency_us : -1;
+			e.reason = by_worker ? options.reason : "lease_expired";
 			batch->Add(e);
+			if (exhausted > 0) {
+				e.event = "lease_exhausted";
+				e.released_count = exhausted;
+				e.silent_for_us = -1;
+				e.latency_us = -1;
+				batch->Add(e);
+			}
 		}
 	}
+	nulls[nargs] = '\0';
+	spi::Run(spi::Plan(LeftStatement(t, by_worker), nargs, types), values, nulls, false);
+	bool isnull = true;
+	int left = SPI_processed > 0 ? DatumGetInt32(spi::Column(0, 1, &isnull)) : 0;
+	*skipped += isnull ? 0 : left;
 	return released;
 }
 
@@ -327,11 +438,13 @@ namespace
 // Releases one table inside a subtransaction, as its owner. Returns -1 when
 // the table failed (reported, rolled back, skipped).
 int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options, events::Batch *batch,
-                    const char **failure)
+                    const char **failure, int *skipped)
 {
 	MemoryContext outer_context = CurrentMemoryContext;
 	ResourceOwner outer_owner = CurrentResourceOwner;
 	volatile int released = 0;
+	// The events of this table are dropped with its subtransaction.
+	const int mark = batch->Mark();
 	BeginInternalSubTransaction(nullptr);
 	MemoryContextSwitchTo(outer_context);
 	PG_TRY();
@@ -344,10 +457,12 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 		SetUserIdAndSecContext(t.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 		int n = 0;
 		int requeued = 0;
+		int left = 0;
 		if (holders != (Datum)0)
-			n += RunRelease(t, true, holders, options, batch, &requeued);
+			n += RunRelease(t, true, holders, options, batch, &requeued, &left);
 		if (options.expired)
-			n += RunRelease(t, false, holders, options, batch, &requeued);
+			n += RunRelease(t, false, holders, options, batch, &requeued, &left);
+		*skipped = left;
 		if (requeued > 0)
 			NotifyQueue(t.relid, requeued);
 		released = n;
@@ -358,6 +473,8 @@ int ReleaseOneTable(const Table &t, Datum holders, const ReleaseOptions &options
 	PG_CATCH();
 	{
 		ErrorData *error = AbandonSubtransaction(outer_context, outer_owner);
+		batch->Truncate(mark);
+		*skipped = 0;
 		ereport(options.warn_each_call ? WARNING : LOG,
 		        (errcode(error->sqlerrcode),
 		         errmsg("worker_heartbeat: skipped releasing leases in table %s: %s", t.label, error->message),
@@ -437,7 +554,9 @@ const char *QueueChannel(Oid relid)
 }
 
 // The cast a release will apply, tried now: a value that does not cast is
-// refused at registration rather than at every pass.
+// refused at registration rather than at every pass. The type's input
+// function (a domain's CHECK) is code of the table's owner: the caller runs it
+// as that owner, restricted (Register).
 void CheckAssignment(Oid relid, const char *column, const char *value, AttrNumber attnum, const char *parameter)
 {
 	AssignmentContext context{parameter, column};
@@ -465,6 +584,24 @@ void CheckAssignment(Oid relid, const char *column, const char *value, AttrNumbe
 			                errmsg("%s sets column \"%s\" to null, but it is NOT NULL", parameter, column)));
 	}
 	error_context_stack = callback.previous;
+}
+
+// A column a release or a claim assigns must be assignable: not generated,
+// not GENERATED ALWAYS AS IDENTITY.
+void RequireAssignable(Oid relid, AttrNumber attnum, const char *column, const char *what)
+{
+	HeapTuple tuple = SearchSysCacheAttNum(relid, attnum);
+	if (!HeapTupleIsValid(tuple))
+		return;
+	auto *attr = reinterpret_cast<Form_pg_attribute>(GETSTRUCT(tuple));
+	bool generated = attr->attgenerated != '\0';
+	bool identity = attr->attidentity == ATTRIBUTE_IDENTITY_ALWAYS;
+	ReleaseSysCache(tuple);
+	if (generated || identity)
+		ereport(ERROR, (errcode(ERRCODE_GENERATED_ALWAYS),
+		                errmsg("column \"%s\" of table %s is %s", column, QualifiedName(relid),
+		                       generated ? "a generated column" : "an identity column GENERATED ALWAYS"),
+		                errdetail("%s", what), errhint("Name a column that can be assigned, or leave this one out.")));
 }
 
 AttrNumber RequireColumn(Oid relid, const char *column, const char *parameter)
@@ -510,6 +647,12 @@ void Register(const catalog::Extension &ext, const Registration &r)
 		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("%s is not a plain table", name),
 		                errdetail("Leases can be registered on ordinary tables only (not views, foreign or "
 		                          "partitioned tables).")));
+	if (get_rel_persistence(relid) == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+		        (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("table \"%s\" is a temporary table", get_rel_name(relid)),
+		         errdetail("A temporary table is seen by its own session only, and goes with it: the "
+		                   "reaper could never release its leases."),
+		         errhint("Register an ordinary (permanent or unlogged) table.")));
 	if (!catalog::IsOwner(relid, GetOuterUserId()))
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("must be owner of table %s", name),
 		                errdetail("The reaper releases leases in a registered table as the table's owner.")));
@@ -529,6 +672,10 @@ void Register(const catalog::Extension &ext, const Registration &r)
 	if (worker_attnum == expires_attnum)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("the worker column and the expires column must differ")));
+	RequireAssignable(relid, worker_attnum, r.worker_column,
+	                  "Claiming and releasing a lease assign the worker column.");
+	RequireAssignable(relid, expires_attnum, r.expires_column,
+	                  "Claiming and releasing a lease assign the expires column.");
 
 	// 1.1: token, attempts and order columns, the attempt limit.
 	AttrNumber token_attnum = InvalidAttrNumber;
@@ -539,7 +686,8 @@ void Register(const catalog::Extension &ext, const Registration &r)
 			ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
 			                errmsg("column \"%s\" of table %s has type %s, not bigint", r.token_column, name,
 			                       format_type_be(get_atttype(relid, token_attnum))),
-			                errhint("The token column holds lease tokens from a bigint sequence: use bigint.")));
+			                errhint("The token column holds lease tokens (random bigint values): use bigint.")));
+		RequireAssignable(relid, token_attnum, r.token_column, "Claiming a lease assigns the token column.");
 	}
 	if (r.attempts_column) {
 		attempts_attnum = RequireColumn(relid, r.attempts_column, "p_attempts_column");
@@ -549,6 +697,7 @@ void Register(const catalog::Extension &ext, const Registration &r)
 			                errmsg("column \"%s\" of table %s has type %s, not integer", r.attempts_column, name,
 			                       format_type_be(type)),
 			                errhint("The attempts column counts claims: use integer or bigint.")));
+		RequireAssignable(relid, attempts_attnum, r.attempts_column, "Claiming a lease counts in the attempts column.");
 	}
 	if (r.order_column)
 		(void)RequireColumn(relid, r.order_column, "p_order_column");
@@ -568,7 +717,15 @@ void Register(const catalog::Extension &ext, const Registration &r)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("p_on_exhausted needs p_max_attempts"),
 		                errhint("on_exhausted is applied when a lease is released on its last attempt.")));
 
-	// p_on_release and p_on_exhausted: objects of column -> value, each value castable now.
+	// p_on_release and p_on_exhausted: objects of column -> value, each value
+	// castable now. The casts (a domain's CHECK, a type's input function) are
+	// code of the table's owner: run as the owner, restricted, never as the
+	// extension's owner.
+	Oid table_owner = catalog::RelationOwner(relid);
+	Oid saved_user = InvalidOid;
+	int saved_context = 0;
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(table_owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	for (int pass = 0; pass < 2; ++pass) {
 		Jsonb *object = pass == 0 ? r.on_release : r.on_exhausted;
 		const char *parameter = pass == 0 ? "p_on_release" : "p_on_exhausted";
@@ -596,9 +753,18 @@ void Register(const catalog::Extension &ext, const Registration &r)
 				ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				                errmsg("%s cannot assign column \"%s\"", parameter, column),
 				                errdetail("The token and attempts columns are kept by the fencing functions.")));
+			RequireAssignable(relid, attnum, column,
+			                  pass == 0 ? "Releasing a lease assigns the columns of p_on_release."
+			                            : "Releasing a lease on its last attempt assigns the columns of "
+			                              "p_on_exhausted.");
 			CheckAssignment(relid, column, JsonValueText(value), attnum, parameter);
 		}
 	}
+	SetUserIdAndSecContext(saved_user, saved_context);
+
+	// The registration itself is ours: lease_tables is read and written as
+	// its owner (register_lease_table runs with the caller's rights).
+	SetUserIdAndSecContext(catalog::RelationOwner(LeaseTablesRelid(ext)), saved_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	Oid check_types[1] = {OIDOID};
 	Datum check_values[1] = {ObjectIdGetDatum(relid)};
@@ -645,6 +811,7 @@ void Register(const catalog::Extension &ext, const Registration &r)
 		    catalog::Qualified(ext, "lease_tables"));
 		spi::Run(spi::Plan(insert_sql, 10, insert_types), insert_values, insert_nulls, false);
 	}
+	SetUserIdAndSecContext(saved_user, saved_context);
 
 	for (auto [attnum, column] : {std::pair<AttrNumber, const char *>{worker_attnum, r.worker_column},
 	                              {expires_attnum, r.expires_column},
@@ -723,7 +890,7 @@ bool Unregister(const catalog::Extension &ext, Oid relid)
 
 ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions &unsorted, events::Batch *batch)
 {
-	ReleaseResult result{0, 0, nullptr};
+	ReleaseResult result{};
 	if (unsorted.holder_count == 0 && !unsorted.expired)
 		return result;
 	ReleaseOptions options = unsorted;
@@ -755,11 +922,30 @@ ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions 
 			result.last_failure = psprintf("registered table %s no longer exists", t.label);
 			continue;
 		}
-		int released = ReleaseOneTable(t, holders, options, batch, &result.last_failure);
+		if (t.unfit) {
+			if (options.warn_each_call || FirstReportOfMissing(t.relid))
+				ereport(
+				    options.warn_each_call ? WARNING : LOG,
+				    (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				     errmsg("worker_heartbeat: skipped releasing leases in table %s: %s", t.label, t.unfit),
+				     errhint("Change the table back, or unregister it: SELECT unregister_lease_table(%u);", t.relid)));
+			result.tables_failed++;
+			result.last_failure = psprintf("skipped releasing leases in table %s: %s", t.label, t.unfit);
+			continue;
+		}
+		int skipped = 0;
+		int released = ReleaseOneTable(t, holders, options, batch, &result.last_failure, &skipped);
 		if (released < 0)
 			result.tables_failed++;
 		else
 			result.released += released;
+		if (skipped > 0) {
+			// Rows another transaction held locked: counted as a table that
+			// failed, so that the reaper retries with a full pass soon.
+			result.skipped += skipped;
+			if (released >= 0)
+				result.tables_failed++;
+		}
 	}
 	return result;
 }
@@ -772,22 +958,57 @@ bool *HoldsAnyLease(const catalog::Extension &ext, Datum *worker_ids, int count)
 	int table_count = 0;
 	Table *tables = LoadTables(ext, &table_count, InvalidOid);
 	Datum ids = PointerGetDatum(construct_array(worker_ids, count, TEXTOID, -1, false, TYPALIGN_INT));
+	auto *id_strings = static_cast<char **>(palloc(sizeof(char *) * count));
+	for (int k = 0; k < count; ++k)
+		id_strings[k] = TextDatumGetCString(worker_ids[k]);
 	Oid types[1] = {TEXTARRAYOID};
 	for (int i = 0; i < table_count; ++i) {
 		const Table &t = tables[i];
 		if (!t.exists)
 			continue;
-		char *sql = psprintf("SELECT DISTINCT s.%s::pg_catalog.text FROM %s s "
-		                     "WHERE s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)",
-		                     t.worker_column, t.qualified, t.worker_column);
-		Datum values[1] = {ids};
-		spi::Run(spi::Plan(sql, 1, types), values, nullptr, true);
-		for (uint64 row = 0; row < SPI_processed; ++row) {
-			char *holder = spi::ColumnText(static_cast<int>(row), 1);
-			for (int k = 0; holder && k < count; ++k)
-				if (!holds[k] && strcmp(TextDatumGetCString(worker_ids[k]), holder) == 0)
-					holds[k] = true;
+		if (t.unfit) {
+			// Cannot be read safely: nobody is removed while it is so.
+			for (int k = 0; k < count; ++k)
+				holds[k] = true;
+			continue;
 		}
+		// The user's table is read as its owner, restricted, with a bounded
+		// lock wait (casts of its worker column are the owner's code), in a
+		// subtransaction of its own: a table that fails keeps every candidate.
+		MemoryContext outer_context = CurrentMemoryContext;
+		ResourceOwner outer_owner = CurrentResourceOwner;
+		BeginInternalSubTransaction(nullptr);
+		MemoryContextSwitchTo(outer_context);
+		PG_TRY();
+		{
+			int nest = EnterPassSettings(true);
+			AsRole(t.owner, SECURITY_RESTRICTED_OPERATION, [&]() {
+				char *sql = psprintf("SELECT DISTINCT s.%s::pg_catalog.text FROM %s s "
+				                     "WHERE s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)",
+				                     t.worker_column, t.qualified, t.worker_column);
+				Datum values[1] = {ids};
+				spi::Run(spi::Plan(sql, 1, types), values, nullptr, true);
+				for (uint64 row = 0; row < SPI_processed; ++row) {
+					char *holder = spi::ColumnText(static_cast<int>(row), 1);
+					for (int k = 0; holder && k < count; ++k)
+						if (!holds[k] && strcmp(id_strings[k], holder) == 0)
+							holds[k] = true;
+				}
+			});
+			AtEOXact_GUC(true, nest);
+			CommitSubtransaction(outer_context, outer_owner);
+		}
+		PG_CATCH();
+		{
+			ErrorData *error = AbandonSubtransaction(outer_context, outer_owner);
+			ereport(LOG, (errcode(error->sqlerrcode),
+			              errmsg("worker_heartbeat: could not check leases in table %s: %s", t.label, error->message),
+			              errdetail("No stale worker is removed while its leases cannot be checked.")));
+			FreeErrorData(error);
+			for (int k = 0; k < count; ++k)
+				holds[k] = true;
+		}
+		PG_END_TRY();
 	}
 	return holds;
 }

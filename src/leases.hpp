@@ -45,6 +45,10 @@ struct Table {
 	int assignment_count;
 	Assignment *exhausted; // on_exhausted
 	int exhausted_count;
+	// Why the table no longer qualifies (not an ordinary table any more, a
+	// managed column gone or of another type): nothing of a pass touches it.
+	// NULL: it does.
+	const char *unfit;
 };
 
 // Every registration (or only relid's, InvalidOid: all), with its
@@ -113,13 +117,16 @@ struct ReleaseOptions {
 
 struct ReleaseResult {
 	int released;
-	int tables_failed;
+	int tables_failed;        // tables skipped, or with rows skipped (below): the reaper retries soon
 	const char *last_failure; // the last table skipped, and why; NULL: none
+	int skipped;              // leases left because another transaction held their row locked
 };
 
 ReleaseResult ReleaseLeases(const catalog::Extension &ext, const ReleaseOptions &options, events::Batch *batch);
 
-// Workers among candidates that still hold a lease in some registered table.
+// Workers among candidates that still hold a lease in some registered table
+// (each table read as its owner, restricted, with pass_lock_timeout; a table
+// that cannot be read counts as holding every candidate).
 bool *HoldsAnyLease(const catalog::Extension &ext, Datum *worker_ids, int count);
 
 } // namespace wh::leases

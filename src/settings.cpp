@@ -13,6 +13,13 @@ int stale_after_ms = 60 * 60 * 1000;
 int pass_lock_timeout_ms = 100;
 int launcher_interval_ms = 10 * 1000;
 int max_workers = 10000;
+int notify_payload = kNotifyFull;
+
+namespace
+{
+const struct config_enum_entry kNotifyPayloadOptions[] = {
+    {"full", kNotifyFull, false}, {"minimal", kNotifyMinimal, false}, {nullptr, 0, false}};
+} // namespace
 
 void Define()
 {
@@ -34,6 +41,12 @@ void Define()
 	                        "How often the launcher looks for databases that need a reaper.", nullptr,
 	                        &launcher_interval_ms, launcher_interval_ms, 100, 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS,
 	                        nullptr, nullptr, nullptr);
+	DefineCustomEnumVariable("worker_heartbeat.notify_payload",
+	                         "What the NOTIFYs on channel worker_heartbeat say: full or minimal (ids only).",
+	                         "Any role that can connect may LISTEN: minimal leaves worker types, table names and "
+	                         "causes out of the payloads (listeners read them from worker_events by event_id).",
+	                         &notify_payload, notify_payload, kNotifyPayloadOptions, PGC_SUSET, 0, nullptr, nullptr,
+	                         nullptr);
 	// A postmaster setting can only be defined while the postmaster loads us:
 	// without shared_preload_libraries there is no cache to size anyway.
 	if (process_shared_preload_libraries_in_progress)

@@ -15,4 +15,11 @@ extern int pass_lock_timeout_ms; // worker_heartbeat.pass_lock_timeout
 extern int launcher_interval_ms; // worker_heartbeat.launcher_interval
 extern int max_workers;          // worker_heartbeat.max_workers (postmaster)
 
+// worker_heartbeat.notify_payload: what a NOTIFY on channel "worker_heartbeat"
+// says. Full: every field of the event; Minimal: event, event_id, worker_id
+// and at only (no worker type, table name or cause: any role that can connect
+// may LISTEN).
+enum NotifyPayload { kNotifyFull = 0, kNotifyMinimal = 1 };
+extern int notify_payload;
+
 } // namespace wh::settings

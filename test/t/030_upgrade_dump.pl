@@ -69,7 +69,7 @@ my $after = $node->safe_psql('postgres', q{
 is($after, $before, 'workers, registrations, settings and events survived the update');
 
 is($node->safe_psql('postgres', q{
-	SELECT count(*) FROM pg_proc
+	SELECT count(DISTINCT proname) FROM pg_proc
 	 WHERE pronamespace = 'pm_pipeline'::regnamespace
 	   AND proname IN ('claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease')
 }), '5', 'the fenced-lease functions of 1.1 are there');
