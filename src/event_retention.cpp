@@ -26,8 +26,8 @@ int DeleteBatches(const catalog::Extension &ext, double retention_ms)
 	const char *events = catalog::Qualified(ext, "worker_events");
 	char *sql = psprintf("DELETE FROM %s WHERE event_id OPERATOR(pg_catalog.=) ANY (ARRAY("
 	                     "SELECT e.event_id FROM %s e WHERE e.occurred_at OPERATOR(pg_catalog.<) "
-	                     "(pg_catalog.now() OPERATOR(pg_catalog.-) $1 OPERATOR(pg_catalog.*) "
-	                     "pg_catalog.interval '1 millisecond') "
+	                     "(pg_catalog.now() OPERATOR(pg_catalog.-) ($1 OPERATOR(pg_catalog.*) "
+	                     "pg_catalog.interval '1 millisecond')) "
 	                     "ORDER BY e.occurred_at LIMIT %d FOR UPDATE SKIP LOCKED))",
 	                     events, events, kBatch);
 	static const Oid types[1] = {FLOAT8OID};
