@@ -305,7 +305,7 @@ while (1)
 
 	# Restart the server once, at half of the work, after the open transaction.
 	next if $hold;
-	if (!$restarted && $held && $done >= $TASKS / 2)
+	if (!$restarted && $held && defined $busy_killed_at && $done >= $TASKS / 2)
 	{
 		my $from = query('SELECT clock_timestamp()');
 		$server_up = 0;
