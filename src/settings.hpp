@@ -8,13 +8,15 @@ namespace wh::settings
 
 void Define(); // from _PG_init
 
-extern int dead_after_ms;             // worker_heartbeat.dead_after
-extern int reap_interval_ms;          // worker_heartbeat.reap_interval
-extern int stale_after_ms;            // worker_heartbeat.stale_after
-extern int pass_lock_timeout_ms;      // worker_heartbeat.pass_lock_timeout
-extern int launcher_interval_ms;      // worker_heartbeat.launcher_interval
-extern int max_workers;               // worker_heartbeat.max_workers (postmaster)
-extern int session_check_interval_ms; // worker_heartbeat.session_check_interval
+extern int dead_after_ms;        // worker_heartbeat.dead_after
+extern int reap_interval_ms;     // worker_heartbeat.reap_interval
+extern int stale_after_ms;       // worker_heartbeat.stale_after
+extern int pass_lock_timeout_ms; // worker_heartbeat.pass_lock_timeout
+extern int launcher_interval_ms; // worker_heartbeat.launcher_interval
+extern int max_workers;          // worker_heartbeat.max_workers (postmaster)
+
+// 1.2 (issue 13, items 5 and 6)
+extern int session_check_interval_ms; // worker_heartbeat.session_check_interval (0: off)
 extern double events_retention_ms;    // worker_heartbeat.events_retention (0: keep everything)
 
 } // namespace wh::settings
