@@ -294,6 +294,7 @@ my $metrics_0    = metrics_ms();
 
 # The transaction open for the whole run.
 my $open = $node->background_psql('postgres');
+$open->set_query_timer_restart();    # the session outlives timeout_default when WH_SOAK_SECONDS is large
 $open->query_safe('BEGIN');
 $open->query_safe('SELECT pg_catalog.txid_current()');
 
