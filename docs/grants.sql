@@ -48,6 +48,10 @@ GRANT SELECT ON
     :"schema".worker_heartbeats, :"schema".worker_types, :"schema".lease_tables, :"schema".worker_events,
     :"schema".worker_liveness, :"schema".v_active_workers, :"schema".v_dead_workers
     TO :"monitor_role";
+-- 1.2: metrics() reads the totals kept beside worker_events.
+SELECT pg_catalog.format('GRANT SELECT ON %s.worker_event_totals TO %I', pg_catalog.quote_ident(:'schema'), :'monitor_role')
+ WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(:'schema') || '.worker_event_totals') IS NOT NULL
+\gexec
 GRANT EXECUTE ON FUNCTION
     :"schema".get_active_workers(), :"schema".get_dead_workers(), :"schema".get_worker_stats(),
     :"schema".get_worker_health_summary(), :"schema".reaper_status(), :"schema".metrics()

@@ -8,6 +8,7 @@
 #include "leases.hpp"
 #include "reaper.hpp"
 #include "reaper_registry.hpp"
+#include "session_watch.hpp"
 #include "spi_plans.hpp"
 
 #include <cstring>
@@ -330,6 +331,8 @@ void Beat(const HeartbeatArgs &a)
 		registry::WorkerBecameLive(MyDatabaseId, now);
 	if (a.session_bound)
 		InstallSessionHook();
+	if (a.session_bound)
+		session_watch::WatchThisSession(); // a busy session notices a lost client too
 	if (live)
 		cache::RememberAtCommit(beat);
 	else

@@ -2,6 +2,7 @@
 
 #include "boundary.hpp"
 #include "catalog.hpp"
+#include "event_retention.hpp"
 #include "heartbeat_cache.hpp"
 #include "heartbeats.hpp"
 #include "reaper_registry.hpp"
@@ -116,6 +117,7 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 		removed = heartbeats::CleanupStale(ext, static_cast<int64>(settings::stale_after_ms) * 1000);
 		*cleanup_due = now + kCleanupEveryUs;
 	}
+	retention::RunIfDue(ext); // worker_heartbeat.events_retention, in its own subtransaction
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

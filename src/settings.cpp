@@ -20,6 +20,8 @@ namespace
 const struct config_enum_entry kNotifyPayloadOptions[] = {
     {"full", kNotifyFull, false}, {"minimal", kNotifyMinimal, false}, {nullptr, 0, false}};
 } // namespace
+int session_check_interval_ms = 1000;
+double events_retention_ms = 7.0 * 24 * 3600 * 1000;
 
 void Define()
 {
@@ -47,6 +49,20 @@ void Define()
 	                         "causes out of the payloads (listeners read them from worker_events by event_id).",
 	                         &notify_payload, notify_payload, kNotifyPayloadOptions, PGC_SUSET, 0, nullptr, nullptr,
 	                         nullptr);
+	// Sessions that bind a worker (p_session_bound => true) poll their client
+	// socket this often while they run a statement: see session_watch.hpp.
+	DefineCustomIntVariable("worker_heartbeat.session_check_interval",
+	                        "How often a session that bound a worker checks, while it runs a statement, that its "
+	                        "client is still connected (sets client_connection_check_interval; 0: off).",
+	                        "Without it, a busy session whose client died is noticed only when its statement ends.",
+	                        &session_check_interval_ms, session_check_interval_ms, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS,
+	                        nullptr, nullptr, nullptr);
+	// The reaper deletes older events in small batches: see event_retention.hpp.
+	DefineCustomRealVariable("worker_heartbeat.events_retention",
+	                         "Age after which the reaper deletes rows of worker_events (0: keep everything).",
+	                         "metrics() counters keep counting the deleted events.", &events_retention_ms,
+	                         events_retention_ms, 0, 100.0 * 365 * 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
+	                         nullptr, nullptr);
 	// A postmaster setting can only be defined while the postmaster loads us:
 	// without shared_preload_libraries there is no cache to size anyway.
 	if (process_shared_preload_libraries_in_progress)

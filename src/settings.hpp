@@ -21,5 +21,8 @@ extern int max_workers;          // worker_heartbeat.max_workers (postmaster)
 // may LISTEN).
 enum NotifyPayload { kNotifyFull = 0, kNotifyMinimal = 1 };
 extern int notify_payload;
+// 1.2 (issue 13, items 5 and 6)
+extern int session_check_interval_ms; // worker_heartbeat.session_check_interval (0: off)
+extern double events_retention_ms;    // worker_heartbeat.events_retention (0: keep everything)
 
 } // namespace wh::settings

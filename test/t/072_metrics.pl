@@ -199,5 +199,103 @@ like($scraped, qr/^worker_heartbeat_oldest_heartbeat_age_seconds\{server="[^"]*"
 	'heartbeat age through postgres_exporter');
 unlike($eerr, qr/level=error/, 'postgres_exporter logged no error') or diag($eerr);
 
+# --- 13.6: counters kept incrementally, events_retention, dump/restore ---
+# metrics() takes the summary's _sum/_count from worker_event_totals (kept by
+# triggers on worker_events), so they survive the retention's deletes and a
+# dump/restore; the reaper deletes events older than events_retention in
+# batches (2500 rows: three statements of 1000), and 0 keeps everything.
+sub latency_lines
+{
+	my ($db) = @_;
+	my $t = $node->safe_psql($db, 'SELECT pm_pipeline.metrics()', extra_params => [ '-U', 'wh_monitor' ]);
+	return join("\n", grep { /^worker_heartbeat_detection_latency_seconds_(sum|count)/ } split /\n/, $t);
+}
+is( $node->safe_psql('postgres', q{
+SELECT (SELECT sum(deaths) FROM pm_pipeline.worker_event_totals)
+     = (SELECT count(*) FROM pm_pipeline.worker_events WHERE event = 'died' AND detection_latency IS NOT NULL)}),
+	't', 'the totals count the died events of the history');
+
+$node->safe_psql('postgres', q{
+ALTER SYSTEM SET worker_heartbeat.events_retention = 0;
+SELECT pg_reload_conf();
+INSERT INTO pm_pipeline.worker_events (occurred_at, event, worker_id, worker_type, detection_latency)
+SELECT now() - interval '2 hours' - g * interval '1 second', 'died', 'old' || g, 'old', interval '0.5 seconds'
+  FROM generate_series(1, 2500) g;
+INSERT INTO pm_pipeline.worker_events (occurred_at, event, worker_id, worker_type, detection_latency)
+SELECT now() - interval '30 minutes', 'died', 'new' || g, 'old', interval '0.25 seconds'
+  FROM generate_series(1, 3) g;
+});
+$m = $node->safe_psql('postgres', 'SELECT pm_pipeline.metrics()', extra_params => [ '-U', 'wh_monitor' ]);
+is(sample($m, 'worker_heartbeat_detection_latency_seconds_count{worker_type="old"}'), 2503,
+	'inserted deaths are counted at once');
+is(sample($m, 'worker_heartbeat_detection_latency_seconds_sum{worker_type="old"}'), 1250.75, 'and summed');
+is(sample($m, 'worker_heartbeat_detection_latency_seconds{worker_type="old",quantile="0.5"}'), 0.25,
+	'quantiles cover the last hour only');
+my $before = latency_lines('postgres');
+
+# events_retention = 0: nothing is deleted, for longer than the retention's
+# period (10 s) and many reaper passes.
+my $t0 = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
+ok($node->poll_query_until('postgres', qq{SELECT clock_timestamp() > '$t0'::timestamptz + interval '12 seconds'}),
+	'12 s went by');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pm_pipeline.worker_events WHERE worker_type = 'old'}),
+	2503, 'events_retention = 0 keeps everything');
+
+$node->safe_psql('postgres', q{
+ALTER SYSTEM SET worker_heartbeat.events_retention = '1h';
+SELECT pg_reload_conf();
+});
+ok( $node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pm_pipeline.worker_events WHERE occurred_at < now() - interval '1 hour'}),
+	'events older than events_retention are deleted by the reaper');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pm_pipeline.worker_events WHERE worker_type = 'old'}),
+	3, 'newer events stay');
+ok($node->safe_psql('postgres', q{SELECT count(*) FROM pm_pipeline.worker_events WHERE event = 'died' AND worker_id = 's1'}) == 1,
+	'the recent real death stays');
+is(latency_lines('postgres'), $before, 'the summary\'s _sum and _count did not change with the deletes');
+is( $node->safe_psql('postgres', q{
+SELECT deaths || ' ' || latency_us FROM pm_pipeline.worker_event_totals WHERE worker_type = 'old' AND retired}),
+	'2500 1250000000', 'the deleted deaths are kept as retired totals');
+
+# TRUNCATE retires everything too (in a transaction rolled back: the history stays for the dump).
+is( $node->safe_psql('postgres', q{
+BEGIN;
+TRUNCATE pm_pipeline.worker_events;
+SELECT pm_pipeline.metrics() ~ 'worker_heartbeat_detection_latency_seconds_count\{worker_type="old"\} 2503';
+ROLLBACK;}),
+	't', 'TRUNCATE keeps the counts');
+
+# Dump and restore into another database: the same totals.
+my $dump = "$work/metrics.dump";
+command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('postgres') ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+command_ok([ 'pg_restore', '-d', $node->connstr('restored'), $dump ], 'pg_restore');
+is(latency_lines('restored'), $before, 'the summary\'s _sum and _count survive dump and restore');
+is( $node->safe_psql('restored', q{
+SELECT string_agg(worker_type || ':' || retired || ':' || deaths, ',' ORDER BY worker_type, retired)
+  FROM pm_pipeline.worker_event_totals WHERE worker_type = 'old'}),
+	'old:false:3,old:true:2500', 'live totals rebuilt from the restored events, retired ones restored');
+$node->safe_psql('restored', 'SELECT pm_pipeline.stop_reaper()');
+$node->safe_psql('postgres', 'DROP DATABASE restored WITH (FORCE)');
+
+# An upgraded 1.1 installation seeds the totals from its history.
+$node->safe_psql('postgres', q{
+CREATE DATABASE upgraded;
+});
+$node->safe_psql('upgraded', q{
+CREATE SCHEMA wh;
+CREATE EXTENSION worker_heartbeat SCHEMA wh VERSION '1.1';
+SET search_path = wh;
+SELECT stop_reaper();
+INSERT INTO worker_events (event, worker_type, detection_latency)
+SELECT 'died', 't' || (g % 2), g * interval '1 millisecond' FROM generate_series(1, 10) g;
+ALTER EXTENSION worker_heartbeat UPDATE TO '1.2';
+});
+is( $node->safe_psql('upgraded', q{
+SELECT string_agg(worker_type || ':' || deaths || ':' || latency_us, ',' ORDER BY worker_type)
+  FROM wh.worker_event_totals}),
+	't0:5:30000,t1:5:25000', 'ALTER EXTENSION UPDATE seeds the totals from the existing events');
+$node->safe_psql('postgres', 'DROP DATABASE upgraded WITH (FORCE)');
+
 $node->stop;
 done_testing();
