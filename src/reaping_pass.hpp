@@ -26,9 +26,18 @@ struct PassResult {
 	int declared_dead;
 	int released;
 	int tables_failed;
+	// Candidate rows of worker_heartbeats left because another transaction
+	// held them locked (and statements given up on a lock): the pass asked
+	// for the next one to look again; no wait beyond pass_lock_timeout.
+	int rows_skipped;
 	double duration_ms;
 };
 
 PassResult RunPass(const catalog::Extension &ext, const PassOptions &options);
+
+// The one definition of liveness (reaping_pass.cpp), also behind the SQL
+// functions _dead_after() and _deadline() that the views use.
+Datum DeadAfterIntervalForSql(); // worker_heartbeat.dead_after as an interval
+TimestampTz DeadlineForSql(TimestampTz last_heartbeat_at, Datum dead_after);
 
 } // namespace wh::reaping
