@@ -25,4 +25,11 @@ namespace wh::leases
 // any failure itself.
 const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, int *count);
 
+// Why a registered table no longer qualifies (not a plain table any more:
+// on PostgreSQL 15 CREATE RULE "_RETURN" makes it a view; its expires column
+// not timestamptz, its worker column not text, its token column not bigint),
+// palloc'd; NULL when it does (or is gone). The probe skips such a table and
+// sets reaper_status().last_error at each reload of the registrations.
+const char *Unfit(const Table &t);
+
 } // namespace wh::leases

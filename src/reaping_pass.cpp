@@ -105,8 +105,7 @@ TimestampTz Deadline(TimestampTz last, Datum dead_after)
 	if (approx > -kSaneDeadAfterUs && approx < kSaneDeadAfterUs &&
 	    !pg_sub_s64_overflow(base, kSaneDeadAfterUs * 2, &limit_low) && IS_VALID_TIMESTAMP(limit_low) &&
 	    !pg_add_s64_overflow(base, kSaneDeadAfterUs * 2, &limit_high) && IS_VALID_TIMESTAMP(limit_high))
-		return DatumGetTimestampTz(
-		    DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(base), dead_after));
+		return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(base), dead_after));
 	TimestampTz result = 0;
 	if (pg_add_s64_overflow(base, approx, &result) || !IS_VALID_TIMESTAMP(result)) {
 		TIMESTAMP_NOEND(result);
@@ -130,7 +129,12 @@ char *DeadlineSql(const catalog::Extension &ext, bool has_function, const char *
 {
 	if (has_function)
 		return psprintf("%s._deadline(%s, %s)", ext.schema_quoted, last, dead_after);
-	return psprintf("(%s OPERATOR(pg_catalog.+) %s)", last, dead_after); // a 1.1 catalog: as before
+	// A 1.1 catalog (until ALTER EXTENSION UPDATE): as before, but a dead_after
+	// out of range means never rather than an error in every pass.
+	return psprintf(
+	    "(CASE WHEN %s OPERATOR(pg_catalog.>) interval '10000 years' THEN 'infinity'::pg_catalog.timestamptz "
+	    "ELSE %s OPERATOR(pg_catalog.+) %s END)",
+	    dead_after, last, dead_after);
 }
 
 // --- bounded statements ----------------------------------------------------
@@ -411,25 +415,24 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	// come back since the scan. A row someone holds locked is left for the
 	// next pass.
 	char *deadline = DeadlineSql(ext, has_function, "w.last_heartbeat_at", "d.dead_after");
-	char *mark_sql =
-	    psprintf("WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $3) AS dead_after FROM %s w "
-	             "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
-	             "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
-	             "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND %s OPERATOR(pg_catalog.<=) $2 "
-	             "  FOR UPDATE OF w SKIP LOCKED), "
-	             "dead AS (UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
-	             "  session_pid = NULL, session_started_at = NULL "
-	             "  FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
-	             "  AND w.worker_id OPERATOR(pg_catalog.=) ANY ($1) "
-	             "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
-	             "  AND %s OPERATOR(pg_catalog.<=) $2 "
-	             "  RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
-	             "  $2 OPERATOR(pg_catalog.-) %s) "
-	             "SELECT x.*, NULL::pg_catalog.int8 FROM dead x "
-	             "UNION ALL SELECT NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM d)",
-	             table, types_table, kLive,
-	             DeadlineSql(ext, has_function, "w.last_heartbeat_at", "COALESCE(t.dead_after, $3)"), table, kLive,
-	             deadline, deadline);
+	char *mark_sql = psprintf(
+	    "WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $3) AS dead_after FROM %s w "
+	    "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
+	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND %s OPERATOR(pg_catalog.<=) $2 "
+	    "  FOR UPDATE OF w SKIP LOCKED), "
+	    "dead AS (UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
+	    "  session_pid = NULL, session_started_at = NULL "
+	    "  FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
+	    "  AND w.worker_id OPERATOR(pg_catalog.=) ANY ($1) "
+	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
+	    "  AND %s OPERATOR(pg_catalog.<=) $2 "
+	    "  RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
+	    "  $2 OPERATOR(pg_catalog.-) %s) "
+	    "SELECT x.*, NULL::pg_catalog.int8 FROM dead x "
+	    "UNION ALL SELECT NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM d)",
+	    table, types_table, kLive, DeadlineSql(ext, has_function, "w.last_heartbeat_at", "COALESCE(t.dead_after, $3)"),
+	    table, kLive, deadline, deadline);
 	int skipped = 1;
 	uint64 rows = 0;
 	if (RunBounded(spi::Plan(mark_sql, 4, mark_types), mark_values, false))

@@ -21,7 +21,7 @@ struct KeptPlan {
 };
 KeptPlan *kept = nullptr;
 int kept_count = 0;
-int running = 0;                     // our plans executing now (nested calls included)
+int running = 0; // our plans executing now (nested calls included)
 TimestampTz next_sweep = 0;
 constexpr int64 kUnusedUs = 10 * 60 * USECS_PER_SEC; // a plan unused this long is freed
 constexpr int64 kSweepEveryUs = 60 * USECS_PER_SEC;
