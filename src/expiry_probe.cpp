@@ -416,9 +416,11 @@ bool StillCurrent(Oid lease_tables)
 
 const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, int *count)
 {
-	// Row-level security never hides a row from a superuser, so "no expired
-	// row" holds for the table's owner too. The probe reads an indexed
-	// timestamptz with the built-in operator: no user code runs.
+	// The direct probe reads an indexed timestamptz with the built-in
+	// operator (no user code runs; the index predicate is checked as stored,
+	// never evaluated); row-level security never hides a row from a
+	// superuser, so "no expired row" holds for the table's owner too. The SQL
+	// probe runs as each table's owner.
 	if (!superuser())
 		return nullptr;
 	Oid lease_tables = get_relname_relid("lease_tables", ext.schema);
@@ -431,7 +433,8 @@ const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, in
 			return direct;
 		}
 	}
-	// Load the registrations again if they changed, and ask in SQL, in a
+	// Load the registrations again if they changed (checking again that each
+	// table still qualifies), and ask in SQL, each table as its owner, in a
 	// subtransaction that waits for a lock at most pass_lock_timeout.
 	MemoryContext outer_context = CurrentMemoryContext;
 	ResourceOwner outer_owner = CurrentResourceOwner;

@@ -10,7 +10,10 @@
 // by reading the first entry below now() of each table's btree index on its
 // expires column: no statement, no subtransaction, no lock waited for. When
 // that cannot be done (a table without a usable index, a lock taken by
-// someone, the registrations changed) one SQL statement asks instead.
+// someone, the registrations changed) SQL asks instead: one statement per
+// table, run as the table's owner under SECURITY_RESTRICTED_OPERATION (its
+// casts, operators and index predicates are its owner's code, never run as
+// us). A table that no longer qualifies (Unfit) is skipped.
 #pragma once
 
 #include "leases.hpp"
