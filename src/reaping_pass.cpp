@@ -226,27 +226,21 @@ void FlushHeartbeats(const catalog::Extension &ext, Bounded *bounded)
 	    PointerGetDatum(construct_array(pending.beats, pending.count, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE))};
 	const char *table = catalog::Qualified(ext, "worker_heartbeats");
 	// A row someone holds locked (its worker changing its task in a long
-	// transaction) is skipped: that worker's beat still counts (the timeout
-	// check asks shared memory too), and the locker writes the row anyway.
+	// transaction) is skipped, not waited for: that worker's beat still
+	// counts for the reaper (the timeout check asks shared memory too), and
+	// reaches the table with its next beat. Not counted as skipped: it needs
+	// no retry (and counting it would cost a second join).
 	char *sql = psprintf(
 	    "WITH v AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(worker_id, beat)), "
-	    "c AS (SELECT w.worker_id FROM %s w JOIN v ON w.worker_id OPERATOR(pg_catalog.=) v.worker_id "
-	    "  WHERE w.last_heartbeat_at OPERATOR(pg_catalog.<) v.beat AND w.status OPERATOR(pg_catalog.=) ANY (%s)), "
 	    "l AS (SELECT w.worker_id, v.beat FROM %s w JOIN v ON w.worker_id OPERATOR(pg_catalog.=) v.worker_id "
 	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) "
 	    "  AND w.last_heartbeat_at OPERATOR(pg_catalog.<) v.beat AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
-	    "  FOR UPDATE OF w SKIP LOCKED), "
-	    "u AS (UPDATE %s w SET last_heartbeat_at = l.beat FROM l "
-	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) l.worker_id AND w.last_heartbeat_at OPERATOR(pg_catalog.<) l.beat) "
-	    "SELECT NULL::pg_catalog.text, (SELECT pg_catalog.count(*) FROM c) OPERATOR(pg_catalog.-) "
-	    "(SELECT pg_catalog.count(*) FROM l)",
-	    table, kLive, table, kLive, table);
-	if (!RunBounded(spi::Plan(sql, 2, types), values, false)) {
+	    "  FOR UPDATE OF w SKIP LOCKED) "
+	    "UPDATE %s w SET last_heartbeat_at = l.beat FROM l "
+	    "WHERE w.worker_id OPERATOR(pg_catalog.=) l.worker_id AND w.last_heartbeat_at OPERATOR(pg_catalog.<) l.beat",
+	    table, kLive, table);
+	if (!RunBounded(spi::Plan(sql, 2, types), values, false))
 		bounded->skipped++;
-		return;
-	}
-	uint64 rows = 0;
-	bounded->skipped += TakeSkippedRow(2, &rows);
 }
 
 // A session that ends tells its reaper (the ended-session ring). Sessions

@@ -9,7 +9,14 @@
 //      deadline, in every registered table (leases.cpp);
 //   5. write the events, queue the NOTIFYs, count it all in the registry.
 //
-// Runs in the caller's transaction, connected to SPI.
+// Runs in the caller's transaction, connected to SPI. No statement of a pass
+// waits for a lock longer than pass_lock_timeout: rows of worker_heartbeats
+// that another transaction holds are skipped (FOR UPDATE SKIP LOCKED) and
+// each statement runs in a subtransaction with lock_timeout; what was skipped
+// is looked at again by the next pass (PassResult.rows_skipped).
+//
+// "Dead" has one definition, here: see Deadline() in reaping_pass.cpp and the
+// SQL functions _dead_after() / _deadline() the views call.
 #pragma once
 
 #include "catalog.hpp"
