@@ -15,17 +15,11 @@ SELECT p.oid::regprocedure AS function_without_search_path
  WHERE p.pronamespace = 'pm_pipeline'::regnamespace
    AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%');
 
--- Nothing is executable by PUBLIC, except the two computations of the
--- definition of liveness that the views call (a function in a view is checked
--- against the role reading it): they compute from their arguments and a
--- setting every role can read, and are not SECURITY DEFINER.
+-- Nothing is executable by PUBLIC.
 SELECT p.oid::regprocedure AS executable_by_public
   FROM pg_proc p
  WHERE p.pronamespace = 'pm_pipeline'::regnamespace
-   AND has_function_privilege('public', p.oid, 'EXECUTE')
-   AND (p.oid::regprocedure::text NOT IN ('pm_pipeline._dead_after(interval)',
-                                          'pm_pipeline._deadline(timestamp with time zone,interval)')
-        OR p.prosecdef);
+   AND has_function_privilege('public', p.oid, 'EXECUTE');
 
 -- SECURITY DEFINER exactly where a function writes our tables.
 SELECT p.oid::regprocedure AS security_definer

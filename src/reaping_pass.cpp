@@ -12,14 +12,11 @@
 #include <cstring>
 
 extern "C" {
-#include "catalog/pg_proc.h"
 #include "common/int.h"
 #include "portability/instr_time.h"
 #include "utils/array.h"
-#include "utils/syscache.h"
 
-PG_FUNCTION_INFO_V1(wh_dead_after);
-PG_FUNCTION_INFO_V1(wh_deadline);
+PG_FUNCTION_INFO_V1(wh_liveness_view_sql);
 }
 
 namespace wh::reaping
@@ -76,65 +73,51 @@ int64 IntervalMicroseconds(Datum value)
 // --- the one definition of "dead" ----------------------------------------
 //
 // A worker that is neither stopped nor already dead is dead once
-//     _deadline(last_heartbeat_at, dead_after) <= now()
-// where dead_after is the type's override, else worker_heartbeat.dead_after
-// (_dead_after()), and _deadline is
-//     GREATEST(last_heartbeat_at, pg_postmaster_start_time()) + dead_after,
-// saturated to +/-infinity instead of failing (a dead_after of 100 million
-// years is no error). Silence is measured from the server's start at the
-// earliest: beats acknowledged just before a restart may have been absorbed
-// in shared memory and lost with it.
+//     deadline <= now()
+// with
+//     dead_after = its type's override, else worker_heartbeat.dead_after,
+//                  else 5 minutes                                 (DeadAfterSql)
+//     deadline   = GREATEST(last_heartbeat_at, pg_postmaster_start_time())
+//                  + dead_after, saturated to +/-infinity            (DeadlineSql)
 //
-// Both are C (below), so the views, metrics() and the reaper's statements
-// all read the setting as the reaper does (a session that never loaded the
-// library would otherwise read the placeholder "300000" as 83 hours) and
-// compute the same deadline.
-
-// Past this the calendar arithmetic of timestamptz + interval is not tried.
-constexpr int64 kSaneDeadAfterUs = 10000LL * 366 * USECS_PER_DAY;
-
-TimestampTz Deadline(TimestampTz last, Datum dead_after)
+// These two SQL fragments are the only definition: the reaper's statements
+// below are built from them, and so is the view worker_liveness (which
+// v_active_workers, v_dead_workers and metrics() read): the install/update
+// script creates it from _liveness_view_sql(), which returns the view's text
+// built from the same fragments. A change here needs an update script that
+// calls _liveness_view_sql() again.
+//
+// - The setting is read as text with current_setting() and a number without
+//   unit means milliseconds, as the library reads it: a session that never
+//   loaded the library (no preload) sees postgresql.conf's raw "300000", and
+//   must not read it as 300000 seconds.
+// - Silence counts from the server's start at the earliest: a heartbeat
+//   acknowledged just before a restart may have been held in shared memory
+//   and lost with it, and must not turn into a death by timeout.
+// - A dead_after out of range (100 million years was accepted once) means
+//   "never", not 22008 in every pass and every view.
+// - Only built-in functions: a role that may read the views needs no EXECUTE
+//   on any function of ours.
+char *DeadAfterSql(const char *type_dead_after)
 {
-	if (TIMESTAMP_NOT_FINITE(last))
-		return last;
-	TimestampTz base = Max(last, PgStartTime);
-	int64 approx = IntervalMicroseconds(dead_after);
-	// Calendar arithmetic (a month is a month, as before) when nothing can
-	// overflow; beyond, the result saturates.
-	TimestampTz limit_low = 0, limit_high = 0;
-	if (approx > -kSaneDeadAfterUs && approx < kSaneDeadAfterUs &&
-	    !pg_sub_s64_overflow(base, kSaneDeadAfterUs * 2, &limit_low) && IS_VALID_TIMESTAMP(limit_low) &&
-	    !pg_add_s64_overflow(base, kSaneDeadAfterUs * 2, &limit_high) && IS_VALID_TIMESTAMP(limit_high))
-		return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(base), dead_after));
-	TimestampTz result = 0;
-	if (pg_add_s64_overflow(base, approx, &result) || !IS_VALID_TIMESTAMP(result)) {
-		TIMESTAMP_NOEND(result);
-		if (approx < 0)
-			TIMESTAMP_NOBEGIN(result);
-	}
-	return result;
+	return psprintf("COALESCE(%s, (SELECT CASE "
+	                "WHEN s.v OPERATOR(pg_catalog.~) '^\\s*[0-9]+\\s*$' "
+	                "THEN (s.v OPERATOR(pg_catalog.||) ' ms')::pg_catalog.interval "
+	                "WHEN s.v OPERATOR(pg_catalog.~) '^\\s*[0-9]+(\\.[0-9]+)?\\s*(us|ms|s|min|h|d)\\s*$' "
+	                "THEN s.v::pg_catalog.interval END "
+	                "FROM (SELECT pg_catalog.current_setting('worker_heartbeat.dead_after', true) AS v) s), "
+	                "interval '5 minutes')",
+	                type_dead_after);
 }
 
-// Is @extschema@._deadline(timestamptz, interval) installed (1.2)? The
-// library also serves a 1.1 catalog until ALTER EXTENSION UPDATE.
-bool HasDeadlineFunction(const catalog::Extension &ext)
+char *DeadlineSql(const char *last, const char *dead_after)
 {
-	Oid argtypes[2] = {TIMESTAMPTZOID, INTERVALOID};
-	return SearchSysCacheExists3(PROCNAMEARGSNSP, CStringGetDatum("_deadline"),
-	                             PointerGetDatum(buildoidvector(argtypes, 2)), ObjectIdGetDatum(ext.schema));
-}
-
-// The deadline of a row, as SQL: last and dead_after are SQL expressions.
-char *DeadlineSql(const catalog::Extension &ext, bool has_function, const char *last, const char *dead_after)
-{
-	if (has_function)
-		return psprintf("%s._deadline(%s, %s)", ext.schema_quoted, last, dead_after);
-	// A 1.1 catalog (until ALTER EXTENSION UPDATE): as before, but a dead_after
-	// out of range means never rather than an error in every pass.
-	return psprintf(
-	    "(CASE WHEN %s OPERATOR(pg_catalog.>) interval '10000 years' THEN 'infinity'::pg_catalog.timestamptz "
-	    "ELSE %s OPERATOR(pg_catalog.+) %s END)",
-	    dead_after, last, dead_after);
+	return psprintf("(CASE WHEN %s OPERATOR(pg_catalog.>) interval '10000 years' "
+	                "OR %s OPERATOR(pg_catalog.>) '9999-12-31'::pg_catalog.timestamptz "
+	                "THEN 'infinity'::pg_catalog.timestamptz "
+	                "WHEN %s OPERATOR(pg_catalog.<) interval '-10000 years' THEN '-infinity'::pg_catalog.timestamptz "
+	                "ELSE GREATEST(%s, pg_catalog.pg_postmaster_start_time()) OPERATOR(pg_catalog.+) %s END)",
+	                dead_after, last, dead_after, last, dead_after);
 }
 
 // --- bounded statements ----------------------------------------------------
@@ -351,15 +334,15 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 		return;
 	const char *table = catalog::Qualified(ext, "worker_heartbeats");
 	const char *types_table = catalog::Qualified(ext, "worker_types");
-	bool has_function = HasDeadlineFunction(ext);
 	static const Oid types[2] = {TIMESTAMPTZOID, INTERVALOID};
 	Datum values[2] = {TimestampTzGetDatum(now), DeadAfterInterval()};
 	// $1 OPERATOR(-) dead_after is only computed for the dead, whose
-	// dead_after is shorter than their silence: it cannot overflow.
+	// dead_after is shorter than their silence: it cannot overflow. ($2, the
+	// setting, only bounds the schedule's shortest dead_after.)
 	char *scan_sql =
-	    psprintf("WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $2) AS dead_after, "
-	             "  %s AS deadline "
+	    psprintf("WITH d AS (SELECT w.worker_id, d0.dead_after, %s AS deadline "
 	             "  FROM %s w LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	             "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
 	             "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s)) "
 	             "SELECT pg_catalog.array_agg(worker_id) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
 	             "pg_catalog.array_agg(CASE WHEN deadline OPERATOR(pg_catalog.<=) $1 "
@@ -367,8 +350,8 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	             "pg_catalog.min(deadline) FILTER (WHERE deadline OPERATOR(pg_catalog.>) $1), "
 	             "LEAST((SELECT pg_catalog.min(t2.dead_after) FROM %s t2), $2) "
 	             "FROM d",
-	             DeadlineSql(ext, has_function, "w.last_heartbeat_at", "COALESCE(t.dead_after, $2)"), table,
-	             types_table, kLive, types_table);
+	             DeadlineSql("w.last_heartbeat_at", "d0.dead_after"), table, types_table, DeadAfterSql("t.dead_after"),
+	             kLive, types_table);
 	// Not read-only: under READ COMMITTED that gives the scan a snapshot of its
 	// own, taken after the caller's BeginPass() (see reaper_registry.hpp).
 	if (!RunBounded(spi::Plan(scan_sql, 2, types), values, false)) {
@@ -408,10 +391,11 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	// Checked again row by row, on the row as it is now: a worker may have
 	// come back since the scan. A row someone holds locked is left for the
 	// next pass.
-	char *deadline = DeadlineSql(ext, has_function, "w.last_heartbeat_at", "d.dead_after");
+	char *deadline = DeadlineSql("w.last_heartbeat_at", "d.dead_after");
 	char *mark_sql = psprintf(
-	    "WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $3) AS dead_after FROM %s w "
+	    "WITH d AS (SELECT w.worker_id, d0.dead_after FROM %s w "
 	    "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	    "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
 	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
 	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND %s OPERATOR(pg_catalog.<=) $2 "
 	    "  FOR UPDATE OF w SKIP LOCKED), "
@@ -425,7 +409,7 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	    "  $2 OPERATOR(pg_catalog.-) %s) "
 	    "SELECT x.*, NULL::pg_catalog.int8 FROM dead x "
 	    "UNION ALL SELECT NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM d)",
-	    table, types_table, kLive, DeadlineSql(ext, has_function, "w.last_heartbeat_at", "COALESCE(t.dead_after, $3)"),
+	    table, types_table, DeadAfterSql("t.dead_after"), kLive, DeadlineSql("w.last_heartbeat_at", "d0.dead_after"),
 	    table, kLive, deadline, deadline);
 	int skipped = 1;
 	uint64 rows = 0;
@@ -475,14 +459,23 @@ void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Hol
 
 } // namespace
 
-Datum DeadAfterIntervalForSql()
+char *LivenessViewSql(const char *schema)
 {
-	return DeadAfterInterval();
-}
-
-TimestampTz DeadlineForSql(TimestampTz last, Datum dead_after)
-{
-	return Deadline(last, dead_after);
+	// Same columns, in the same order, as the 1.0 view.
+	return psprintf(
+	    "CREATE OR REPLACE VIEW %s.worker_liveness AS "
+	    "SELECT w.worker_id, w.worker_type, w.last_heartbeat_at, w.status, w.current_run_id, "
+	    "w.current_task, w.lease_expires_at, w.started_at, w.metadata, w.session_pid, "
+	    "w.session_started_at, w.died_at, w.death_cause, "
+	    "EXTRACT(EPOCH FROM (pg_catalog.now() OPERATOR(pg_catalog.-) w.last_heartbeat_at)) AS seconds_since_heartbeat, "
+	    "d.dead_after, "
+	    "(w.status OPERATOR(pg_catalog.=) 'dead' "
+	    " OR (w.status OPERATOR(pg_catalog.<>) 'stopped' "
+	    "     AND %s OPERATOR(pg_catalog.<=) pg_catalog.now())) AS is_dead "
+	    "FROM %s.worker_heartbeats w "
+	    "LEFT JOIN %s.worker_types t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	    "CROSS JOIN LATERAL (SELECT %s AS dead_after) d",
+	    schema, DeadlineSql("w.last_heartbeat_at", "d.dead_after"), schema, schema, DeadAfterSql("t.dead_after"));
 }
 
 PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
@@ -544,21 +537,14 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 
 } // namespace wh::reaping
 
-// @extschema@._dead_after(p_override interval): the type's override, else
-// worker_heartbeat.dead_after as the reaper reads it (calling us loads the
-// library, which defines the setting with its unit).
-extern "C" Datum wh_dead_after(PG_FUNCTION_ARGS)
+// @extschema@._liveness_view_sql(p_schema text): CREATE OR REPLACE VIEW of
+// worker_liveness in p_schema (a quoted identifier, as @extschema@ is), built
+// from the one definition above. Run by the install / update scripts.
+extern "C" Datum wh_liveness_view_sql(PG_FUNCTION_ARGS)
 {
 	WH_GUARDED({
-		if (!PG_ARGISNULL(0))
-			PG_RETURN_DATUM(PG_GETARG_DATUM(0));
-		PG_RETURN_DATUM(wh::reaping::DeadAfterIntervalForSql());
+		if (PG_ARGISNULL(0))
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("p_schema must not be null")));
+		PG_RETURN_TEXT_P(cstring_to_text(wh::reaping::LivenessViewSql(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
 	});
-}
-
-// @extschema@._deadline(p_last_heartbeat_at timestamptz, p_dead_after interval):
-// the moment the worker counts as dead (see "the one definition" above).
-extern "C" Datum wh_deadline(PG_FUNCTION_ARGS)
-{
-	WH_GUARDED({ PG_RETURN_TIMESTAMPTZ(wh::reaping::DeadlineForSql(PG_GETARG_TIMESTAMPTZ(0), PG_GETARG_DATUM(1))); });
 }

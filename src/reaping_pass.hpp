@@ -15,8 +15,8 @@
 // each statement runs in a subtransaction with lock_timeout; what was skipped
 // is looked at again by the next pass (PassResult.rows_skipped).
 //
-// "Dead" has one definition, here: see Deadline() in reaping_pass.cpp and the
-// SQL functions _dead_after() / _deadline() the views call.
+// "Dead" has one definition, here: see DeadAfterSql() / DeadlineSql() in
+// reaping_pass.cpp; the view worker_liveness is generated from them.
 #pragma once
 
 #include "catalog.hpp"
@@ -42,9 +42,8 @@ struct PassResult {
 
 PassResult RunPass(const catalog::Extension &ext, const PassOptions &options);
 
-// The one definition of liveness (reaping_pass.cpp), also behind the SQL
-// functions _dead_after() and _deadline() that the views use.
-Datum DeadAfterIntervalForSql(); // worker_heartbeat.dead_after as an interval
-TimestampTz DeadlineForSql(TimestampTz last_heartbeat_at, Datum dead_after);
+// CREATE OR REPLACE VIEW <schema>.worker_liveness, built from the one
+// definition of liveness the pass uses (schema: a quoted identifier).
+char *LivenessViewSql(const char *schema);
 
 } // namespace wh::reaping
