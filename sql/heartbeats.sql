@@ -154,6 +154,10 @@ SELECT session_pid FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'bound-1
 
 -- Rows written behind the API's back (a restore, a COPY) are looked at too:
 -- the reaper's schedule of the next overdue worker is reset by a trigger.
+-- (Silence counts from the server's start at the earliest, so the type's
+-- dead_after is shorter than the server has been up.)
+SELECT pm_pipeline.set_worker_type_dead_after('restored', '1 microsecond');
+SELECT pm_pipeline.release_dead_worker_leases() >= 0 AS passed;
 INSERT INTO pm_pipeline.worker_heartbeats (worker_id, worker_type, last_heartbeat_at, started_at)
 VALUES ('restored-1', 'restored', now() - interval '1 day', now() - interval '2 days');
 SELECT pm_pipeline.release_dead_worker_leases();

@@ -1,5 +1,6 @@
 #include "expiry_probe.hpp"
 
+#include "reaper_registry.hpp"
 #include "spi_plans.hpp"
 
 #include <cstring>
@@ -15,8 +16,10 @@ extern "C" {
 #include "catalog/pg_index.h"
 #include "commands/defrem.h"
 #include "common/hashfn.h"
+#include "catalog/pg_class.h"
 #include "executor/tuptable.h"
 #include "nodes/primnodes.h"
+#include "postmaster/bgworker.h"
 #include "storage/lmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -45,8 +48,9 @@ struct KeptTables {
 	int count;
 	uint64 fingerprint; // of lease_tables' rows, taken before they were read
 	Oid *expires_index; // per table: a btree on its expires column, InvalidOid: none
-	bool all_indexed;   // every existing table has one: the direct probe can run
-	char *probe_sql;    // otherwise, this statement
+	const char **unfit; // per table: why it no longer qualifies (NULL: it does)
+	bool all_indexed;   // every existing table that qualifies has one: the direct probe can run
+	char **probe_sql;   // otherwise, per table, this statement (run as the table's owner)
 };
 KeptTables kept{};
 
@@ -76,20 +80,12 @@ void OnNamespaceInvalidation(Datum, int, uint32)
 	Forget();
 }
 
-char *BuildProbeSql()
+// One statement per table, run as its owner: the comparison may run the
+// owner's code (a cast, an operator), never as us.
+char *BuildProbeSql(const Table &t)
 {
-	StringInfoData sql;
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT true");
-	for (int i = 0; i < kept.count; ++i) {
-		const Table &t = kept.tables[i];
-		if (!t.exists)
-			appendStringInfoString(&sql, ", false");
-		else
-			appendStringInfo(&sql, ", EXISTS (SELECT 1 FROM %s s WHERE s.%s OPERATOR(pg_catalog.<) pg_catalog.now())",
-			                 t.qualified, t.expires_column);
-	}
-	return sql.data;
+	return psprintf("SELECT EXISTS (SELECT 1 FROM %s s WHERE s.%s OPERATOR(pg_catalog.<) pg_catalog.now())",
+	                t.qualified, t.expires_column);
 }
 
 // A hash of the (ctid, xmin) of every row of lease_tables, which the caller
@@ -118,16 +114,31 @@ bool Fingerprint(Oid relid, uint64 *out)
 }
 
 // "WHERE expires IS NOT NULL", the partial index register_lease_table()'s
-// users tend to create: it holds every row with a deadline.
-bool PredicateKeepsAllDeadlines(List *predicate, AttrNumber expires)
+// users tend to create: it holds every row with a deadline. Read from
+// pg_index.indpred as stored, never evaluated: RelationGetIndexPredicate()
+// const-folds it, which runs the table owner's IMMUTABLE functions as us. Any
+// other predicate makes the index unusable here.
+bool PredicateKeepsAllDeadlines(Oid index_relid, AttrNumber expires)
 {
-	if (predicate == NIL)
-		return true;
-	if (list_length(predicate) != 1 || !IsA(linitial(predicate), NullTest))
+	HeapTuple tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(index_relid));
+	if (!HeapTupleIsValid(tuple))
 		return false;
-	auto *test = static_cast<NullTest *>(linitial(predicate));
-	return test->nulltesttype == IS_NOT_NULL && IsA(test->arg, Var) &&
-	       reinterpret_cast<Var *>(test->arg)->varattno == expires;
+	bool isnull = true;
+	Datum stored = SysCacheGetAttr(INDEXRELID, tuple, Anum_pg_index_indpred, &isnull);
+	bool keeps = isnull;
+	if (!isnull) {
+		char *stored_text = TextDatumGetCString(stored);
+		Node *predicate = static_cast<Node *>(stringToNode(stored_text));
+		if (predicate && IsA(predicate, NullTest)) {
+			auto *test = reinterpret_cast<NullTest *>(predicate);
+			keeps = test->nulltesttype == IS_NOT_NULL && !test->argisrow && test->arg && IsA(test->arg, Var) &&
+			        reinterpret_cast<Var *>(test->arg)->varattno == expires &&
+			        reinterpret_cast<Var *>(test->arg)->varlevelsup == 0;
+		}
+		pfree(stored_text);
+	}
+	ReleaseSysCache(tuple);
+	return keeps;
 }
 
 // A valid btree, ascending, on the expires column first, with the default
@@ -148,7 +159,7 @@ Oid FindExpiresIndex(Oid relid, AttrNumber expires)
 		if (found == InvalidOid && index->rd_rel->relam == BTREE_AM_OID && form->indisvalid && form->indisready &&
 		    form->indislive && form->indnkeyatts >= 1 && form->indkey.values[0] == expires &&
 		    index->rd_opfamily[0] == opfamily && (index->rd_indoption[0] & INDOPTION_DESC) == 0 &&
-		    PredicateKeepsAllDeadlines(RelationGetIndexPredicate(index), expires))
+		    PredicateKeepsAllDeadlines(RelationGetRelid(index), expires))
 			found = RelationGetRelid(index);
 		index_close(index, AccessShareLock);
 	}
@@ -156,6 +167,63 @@ Oid FindExpiresIndex(Oid relid, AttrNumber expires)
 	table_close(rel, AccessShareLock);
 	return found;
 }
+
+// A quoted identifier (quote_identifier) back to the name.
+char *Unquote(const char *quoted)
+{
+	if (quoted[0] != '"')
+		return pstrdup(quoted);
+	StringInfoData name;
+	initStringInfo(&name);
+	for (const char *p = quoted + 1; *p; ++p) {
+		if (*p == '"') {
+			if (p[1] != '"')
+				break;
+			++p;
+		}
+		appendStringInfoChar(&name, *p);
+	}
+	return name.data;
+}
+
+Oid ColumnTypeOf(Oid relid, const char *quoted)
+{
+	if (!quoted)
+		return InvalidOid;
+	AttrNumber attnum = get_attnum(relid, Unquote(quoted));
+	return attnum == InvalidAttrNumber ? InvalidOid : get_atttype(relid, attnum);
+}
+
+} // namespace
+
+const char *Unfit(const Table &t)
+{
+	if (!t.exists)
+		return nullptr; // reported as missing by the release
+	// On PostgreSQL 15 CREATE RULE "_RETURN" turns an empty table into a view:
+	// reading it would run the view's functions.
+	if (get_rel_relkind(t.relid) != RELKIND_RELATION)
+		return psprintf("registered table %s is no longer a plain table; skipping it", t.label);
+	Oid expires = ColumnTypeOf(t.relid, t.expires_column);
+	if (expires != TIMESTAMPTZOID)
+		return psprintf("column %s of registered table %s is %s, not timestamp with time zone; skipping it",
+		                t.expires_column, t.label, expires == InvalidOid ? "gone" : format_type_be(expires));
+	Oid worker = ColumnTypeOf(t.relid, t.worker_column);
+	Oid worker_base = worker == InvalidOid ? InvalidOid : getBaseType(worker);
+	if (worker_base != TEXTOID && worker_base != VARCHAROID)
+		return psprintf("column %s of registered table %s is %s, not text; skipping it", t.worker_column, t.label,
+		                worker == InvalidOid ? "gone" : format_type_be(worker));
+	if (t.token_column) {
+		Oid token = ColumnTypeOf(t.relid, t.token_column);
+		if (token != INT8OID)
+			return psprintf("column %s of registered table %s is %s, not bigint; skipping it", t.token_column, t.label,
+			                token == InvalidOid ? "gone" : format_type_be(token));
+	}
+	return nullptr;
+}
+
+namespace
+{
 
 const char *Keep(const char *text)
 {
@@ -219,14 +287,26 @@ void Reload(const catalog::Extension &ext, Oid lease_tables)
 	kept.count = count;
 	kept.fingerprint = fingerprint;
 	kept.expires_index = static_cast<Oid *>(MemoryContextAllocZero(kept.context, sizeof(Oid) * (count + 1)));
+	kept.unfit = static_cast<const char **>(MemoryContextAllocZero(kept.context, sizeof(char *) * (count + 1)));
+	kept.probe_sql = static_cast<char **>(MemoryContextAllocZero(kept.context, sizeof(char *) * (count + 1)));
 	kept.all_indexed = true;
 	for (int i = 0; i < count; ++i) {
-		if (!kept.tables[i].exists)
+		const Table &t = kept.tables[i];
+		if (!t.exists)
 			continue;
-		kept.expires_index[i] = FindExpiresIndex(kept.tables[i].relid, kept.tables[i].expires_attnum);
+		// Checked again at every reload: a column's type or the relation's
+		// kind may have changed since registration.
+		if (const char *why = Unfit(t)) {
+			kept.unfit[i] = Keep(why);
+			if (IsBackgroundWorker)
+				registry::SetLastError(MyDatabaseId, why); // reaper_status() shows it
+			ereport(IsBackgroundWorker ? LOG : DEBUG1, (errmsg("worker_heartbeat: %s", why)));
+			continue;
+		}
+		kept.expires_index[i] = FindExpiresIndex(t.relid, t.expires_attnum);
 		kept.all_indexed = kept.all_indexed && kept.expires_index[i] != InvalidOid;
+		kept.probe_sql[i] = MemoryContextStrdup(kept.context, BuildProbeSql(t));
 	}
-	kept.probe_sql = MemoryContextStrdup(kept.context, BuildProbeSql());
 	kept.lease_tables = lease_tables;
 	kept.valid = kept.invalidations == invalidations;
 }
@@ -287,7 +367,7 @@ bool *ProbeDirect()
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	auto *expired = static_cast<bool *>(palloc0(sizeof(bool) * (kept.count + 1)));
 	for (int i = 0; i < kept.count; ++i) {
-		if (!kept.tables[i].exists)
+		if (!kept.tables[i].exists || kept.unfit[i])
 			continue;
 		int found = ProbeIndex(kept.tables[i].relid, kept.expires_index[i], now);
 		if (found < 0 || !kept.valid)
@@ -297,12 +377,26 @@ bool *ProbeDirect()
 	return expired;
 }
 
-void RunProbeStatement(bool *expired)
+// Each table asked in SQL as its owner, under SECURITY_RESTRICTED_OPERATION
+// (as VACUUM or REFRESH MATERIALIZED VIEW run the code of a table's owner):
+// a cast or an operator on the expires column, the planner folding an index
+// predicate, all run with the owner's rights, never ours. The caller's
+// subtransaction has lock_timeout set.
+void RunProbeStatements(bool *expired)
 {
-	spi::Run(spi::Plan(kept.probe_sql, 0, nullptr), nullptr, nullptr, true);
+	Oid saved_user = InvalidOid;
+	int saved_context = 0;
+	GetUserIdAndSecContext(&saved_user, &saved_context);
 	for (int i = 0; i < kept.count; ++i) {
+		const Table &t = kept.tables[i];
+		expired[i] = false;
+		if (!t.exists || kept.unfit[i] || !kept.probe_sql[i])
+			continue;
+		SetUserIdAndSecContext(t.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		spi::Run(spi::Plan(kept.probe_sql[i], 0, nullptr), nullptr, nullptr, true);
+		SetUserIdAndSecContext(saved_user, saved_context);
 		bool isnull = true;
-		Datum value = spi::Column(0, i + 2, &isnull);
+		Datum value = spi::Column(0, 1, &isnull);
 		expired[i] = !isnull && DatumGetBool(value);
 	}
 }
@@ -322,9 +416,11 @@ bool StillCurrent(Oid lease_tables)
 
 const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, int *count)
 {
-	// Row-level security never hides a row from a superuser, so "no expired
-	// row" holds for the table's owner too. The probe reads an indexed
-	// timestamptz with the built-in operator: no user code runs.
+	// The direct probe reads an indexed timestamptz with the built-in
+	// operator (no user code runs; the index predicate is checked as stored,
+	// never evaluated); row-level security never hides a row from a
+	// superuser, so "no expired row" holds for the table's owner too. The SQL
+	// probe runs as each table's owner.
 	if (!superuser())
 		return nullptr;
 	Oid lease_tables = get_relname_relid("lease_tables", ext.schema);
@@ -337,7 +433,8 @@ const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, in
 			return direct;
 		}
 	}
-	// Load the registrations again if they changed, and ask in SQL, in a
+	// Load the registrations again if they changed (checking again that each
+	// table still qualifies), and ask in SQL, each table as its owner, in a
 	// subtransaction that waits for a lock at most pass_lock_timeout.
 	MemoryContext outer_context = CurrentMemoryContext;
 	ResourceOwner outer_owner = CurrentResourceOwner;
@@ -346,13 +443,13 @@ const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, in
 	MemoryContextSwitchTo(outer_context);
 	PG_TRY();
 	{
-		int nest = EnterPassSettings(false); // the probe's SQL is fully qualified
+		int nest = EnterPassSettings(true); // the owner's casts and operators run under it
 		if (!StillCurrent(lease_tables))
 			Reload(ext, lease_tables);
 		bool *result = nullptr;
 		if (kept.lease_tables == lease_tables) { // loaded (lease_tables still exists)
 			result = static_cast<bool *>(palloc0(sizeof(bool) * (kept.count + 1)));
-			RunProbeStatement(result);
+			RunProbeStatements(result);
 		}
 		expired = result;
 		AtEOXact_GUC(true, nest);

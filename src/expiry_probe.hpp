@@ -10,7 +10,10 @@
 // by reading the first entry below now() of each table's btree index on its
 // expires column: no statement, no subtransaction, no lock waited for. When
 // that cannot be done (a table without a usable index, a lock taken by
-// someone, the registrations changed) one SQL statement asks instead.
+// someone, the registrations changed) SQL asks instead: one statement per
+// table, run as the table's owner under SECURITY_RESTRICTED_OPERATION (its
+// casts, operators and index predicates are its owner's code, never run as
+// us). A table that no longer qualifies (Unfit) is skipped.
 #pragma once
 
 #include "leases.hpp"
@@ -24,5 +27,12 @@ namespace wh::leases
 // the caller then loads and releases every table as usual, which reports
 // any failure itself.
 const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, int *count);
+
+// Why a registered table no longer qualifies (not a plain table any more:
+// on PostgreSQL 15 CREATE RULE "_RETURN" makes it a view; its expires column
+// not timestamptz, its worker column not text, its token column not bigint),
+// palloc'd; NULL when it does (or is gone). The probe skips such a table and
+// sets reaper_status().last_error at each reload of the registrations.
+const char *Unfit(const Table &t);
 
 } // namespace wh::leases

@@ -1,5 +1,6 @@
 #include "reaping_pass.hpp"
 
+#include "boundary.hpp"
 #include "events.hpp"
 #include "heartbeat_cache.hpp"
 #include "leases.hpp"
@@ -11,8 +12,11 @@
 #include <cstring>
 
 extern "C" {
+#include "common/int.h"
 #include "portability/instr_time.h"
 #include "utils/array.h"
+
+PG_FUNCTION_INFO_V1(wh_liveness_view_sql);
 }
 
 namespace wh::reaping
@@ -53,11 +57,130 @@ Datum DeadAfterInterval()
 	return PointerGetDatum(interval);
 }
 
+// Microseconds in an interval (a month counts 30 days), saturated: an
+// interval of a hundred million years must not overflow.
 int64 IntervalMicroseconds(Datum value)
 {
 	auto *interval = DatumGetIntervalP(value);
-	return interval->time + static_cast<int64>(interval->day) * USECS_PER_DAY +
-	       static_cast<int64>(interval->month) * 30 * USECS_PER_DAY;
+	int64 days = static_cast<int64>(interval->month) * 30 + interval->day; // cannot overflow
+	int64 day_us = 0;
+	int64 total = 0;
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &day_us) || pg_add_s64_overflow(day_us, interval->time, &total))
+		return days > 0 || (days == 0 && interval->time > 0) ? PG_INT64_MAX : PG_INT64_MIN;
+	return total;
+}
+
+// --- the one definition of "dead" ----------------------------------------
+//
+// A worker that is neither stopped nor already dead is dead once
+//     deadline <= now()
+// with
+//     dead_after = its type's override, else worker_heartbeat.dead_after,
+//                  else 5 minutes                                 (DeadAfterSql)
+//     deadline   = GREATEST(last_heartbeat_at, pg_postmaster_start_time())
+//                  + dead_after, saturated to +/-infinity            (DeadlineSql)
+//
+// These two SQL fragments are the only definition: the reaper's statements
+// below are built from them, and so is the view worker_liveness (which
+// v_active_workers, v_dead_workers and metrics() read): the install/update
+// script creates it from _liveness_view_sql(), which returns the view's text
+// built from the same fragments. A change here needs an update script that
+// calls _liveness_view_sql() again.
+//
+// - The setting is read as text with current_setting() and a number without
+//   unit means milliseconds, as the library reads it: a session that never
+//   loaded the library (no preload) sees postgresql.conf's raw "300000", and
+//   must not read it as 300000 seconds.
+// - Silence counts from the server's start at the earliest: a heartbeat
+//   acknowledged just before a restart may have been held in shared memory
+//   and lost with it, and must not turn into a death by timeout.
+// - A dead_after out of range (100 million years was accepted once) means
+//   "never", not 22008 in every pass and every view.
+// - Only built-in functions: a role that may read the views needs no EXECUTE
+//   on any function of ours.
+char *DeadAfterSql(const char *type_dead_after)
+{
+	return psprintf("COALESCE(%s, (SELECT CASE "
+	                "WHEN s.v OPERATOR(pg_catalog.~) '^\\s*[0-9]+\\s*$' "
+	                "THEN (s.v OPERATOR(pg_catalog.||) ' ms')::pg_catalog.interval "
+	                "WHEN s.v OPERATOR(pg_catalog.~) '^\\s*[0-9]+(\\.[0-9]+)?\\s*(us|ms|s|min|h|d)\\s*$' "
+	                "THEN s.v::pg_catalog.interval END "
+	                "FROM (SELECT pg_catalog.current_setting('worker_heartbeat.dead_after', true) AS v) s), "
+	                "interval '5 minutes')",
+	                type_dead_after);
+}
+
+char *DeadlineSql(const char *last, const char *dead_after)
+{
+	return psprintf("(CASE WHEN %s OPERATOR(pg_catalog.>) interval '10000 years' "
+	                "OR %s OPERATOR(pg_catalog.>) '9999-12-31'::pg_catalog.timestamptz "
+	                "THEN 'infinity'::pg_catalog.timestamptz "
+	                "WHEN %s OPERATOR(pg_catalog.<) interval '-10000 years' THEN '-infinity'::pg_catalog.timestamptz "
+	                "ELSE GREATEST(%s, pg_catalog.pg_postmaster_start_time()) OPERATOR(pg_catalog.+) %s END)",
+	                dead_after, last, dead_after, last, dead_after);
+}
+
+// --- bounded statements ----------------------------------------------------
+//
+// No statement of a pass waits for a lock longer than pass_lock_timeout: the
+// candidates are locked FOR UPDATE SKIP LOCKED (a row someone holds is left
+// for a later pass), and each statement runs in a subtransaction with
+// lock_timeout (a table lock: the statement is given up). Either way the pass
+// reports it (PassResult.rows_skipped) and asks for the work to be done
+// again at the next pass.
+
+struct Bounded {
+	int skipped; // statements given up plus rows skipped
+};
+
+// Runs plan in a subtransaction with lock_timeout = pass_lock_timeout. False
+// when it gave up on a lock; any other error is raised again. The results
+// (SPI_tuptable) outlive the subtransaction.
+bool RunBounded(SPIPlanPtr plan, const Datum *values, bool read_only)
+{
+	MemoryContext outer_context = CurrentMemoryContext;
+	ResourceOwner outer_owner = CurrentResourceOwner;
+	volatile bool done = true;
+	BeginInternalSubTransaction(nullptr);
+	MemoryContextSwitchTo(outer_context);
+	PG_TRY();
+	{
+		int nest = leases::EnterPassSettings(false); // our statements are fully qualified
+		spi::Run(plan, values, nullptr, read_only);
+		AtEOXact_GUC(true, nest);
+		leases::CommitSubtransaction(outer_context, outer_owner);
+	}
+	PG_CATCH();
+	{
+		ErrorData *error = leases::AbandonSubtransaction(outer_context, outer_owner);
+		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			ReThrowError(error);
+		elog(DEBUG1, "worker_heartbeat: pass statement gave up waiting for a lock: %s", error->message);
+		FreeErrorData(error);
+		done = false;
+	}
+	PG_END_TRY();
+	return done;
+}
+
+// The statements below end in
+//     SELECT <rows> FROM changed UNION ALL SELECT NULL, ..., <skipped>
+// the last row (its last column not NULL) says how many candidates were left
+// because someone held them locked.
+int TakeSkippedRow(int last_column, uint64 *rows)
+{
+	int skipped = 0;
+	uint64 kept = 0;
+	for (uint64 row = 0; row < SPI_processed; ++row) {
+		bool isnull = true;
+		Datum value = spi::Column(static_cast<int>(row), last_column, &isnull);
+		if (!isnull)
+			skipped += static_cast<int>(Max(static_cast<int64>(0), DatumGetInt64(value)));
+		else
+			kept++;
+	}
+	*rows = kept;
+	return skipped;
 }
 
 // Columns 1-3 of a RETURNING worker_id, worker_type, silence.
@@ -73,7 +196,7 @@ Death ReadDeath(int row, const char *cause)
 	return d;
 }
 
-void FlushHeartbeats(const catalog::Extension &ext)
+void FlushHeartbeats(const catalog::Extension &ext, Bounded *bounded)
 {
 	if (!cache::Available() || !registry::TakeHeartbeatsPending(MyDatabaseId))
 		return;
@@ -84,13 +207,23 @@ void FlushHeartbeats(const catalog::Extension &ext)
 	Datum values[2] = {
 	    PointerGetDatum(construct_array(pending.worker_ids, pending.count, TEXTOID, -1, false, TYPALIGN_INT)),
 	    PointerGetDatum(construct_array(pending.beats, pending.count, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE))};
-	char *sql = psprintf("UPDATE %s w SET last_heartbeat_at = v.beat "
-	                     "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(worker_id, beat) "
-	                     "WHERE w.worker_id OPERATOR(pg_catalog.=) v.worker_id "
-	                     "AND w.last_heartbeat_at OPERATOR(pg_catalog.<) v.beat "
-	                     "AND w.status OPERATOR(pg_catalog.=) ANY (%s)",
-	                     catalog::Qualified(ext, "worker_heartbeats"), kLive);
-	spi::Run(spi::Plan(sql, 2, types), values, nullptr, false);
+	const char *table = catalog::Qualified(ext, "worker_heartbeats");
+	// A row someone holds locked (its worker changing its task in a long
+	// transaction) is skipped, not waited for: that worker's beat still
+	// counts for the reaper (the timeout check asks shared memory too), and
+	// reaches the table with its next beat. Not counted as skipped: it needs
+	// no retry (and counting it would cost a second join).
+	char *sql = psprintf(
+	    "WITH v AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(worker_id, beat)), "
+	    "l AS (SELECT w.worker_id, v.beat FROM %s w JOIN v ON w.worker_id OPERATOR(pg_catalog.=) v.worker_id "
+	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) "
+	    "  AND w.last_heartbeat_at OPERATOR(pg_catalog.<) v.beat AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
+	    "  FOR UPDATE OF w SKIP LOCKED) "
+	    "UPDATE %s w SET last_heartbeat_at = l.beat FROM l "
+	    "WHERE w.worker_id OPERATOR(pg_catalog.=) l.worker_id AND w.last_heartbeat_at OPERATOR(pg_catalog.<) l.beat",
+	    table, kLive, table);
+	if (!RunBounded(spi::Plan(sql, 2, types), values, false))
+		bounded->skipped++;
 }
 
 // A session that ends tells its reaper (the ended-session ring). Sessions
@@ -101,7 +234,7 @@ TimestampTz next_session_sweep = 0; // the reaper's first pass sweeps
 
 // Workers bound to sessions that ended (or no longer exist) are dead.
 void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, const PassOptions &options,
-                       Deaths *deaths)
+                       Deaths *deaths, Bounded *bounded)
 {
 	registry::EndedSession ended[registry::kEndedSessions];
 	bool requested = false;
@@ -131,7 +264,9 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 	                   TimestampTzGetDatum(now)};
 	const char *table = catalog::Qualified(ext, "worker_heartbeats");
 	// A session we were told has ended counts as gone even if
-	// pg_stat_activity still lists it for a moment.
+	// pg_stat_activity still lists it for a moment. A row someone holds
+	// locked (a stop_worker() or a heartbeat in flight) is skipped, not
+	// waited for: the next pass sweeps again.
 	char *sql = psprintf(
 	    "WITH ended AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS e(pid, "
 	    "backend_start)), "
@@ -140,23 +275,39 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 	    "  AND (EXISTS (SELECT 1 FROM ended e WHERE e.pid OPERATOR(pg_catalog.=) w.session_pid "
 	    "               AND e.backend_start OPERATOR(pg_catalog.=) w.session_started_at) "
 	    "       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(w.session_pid) s "
-	    "                      WHERE s.backend_start OPERATOR(pg_catalog.=) w.session_started_at))) "
-	    "UPDATE %s w SET status = 'dead', died_at = $3, death_cause = 'session_ended', "
-	    "session_pid = NULL, session_started_at = NULL "
-	    "FROM gone WHERE w.worker_id OPERATOR(pg_catalog.=) gone.worker_id "
-	    // Checked again on the row as it is now: a stop_worker() that committed
-	    // while we waited for the row wins.
-	    "AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid IS NOT NULL " // the partial index
-	    "AND w.session_pid OPERATOR(pg_catalog.=) gone.session_pid "
-	    "RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, gone.session_pid",
-	    table, kLive, table, kLive);
-	spi::Run(spi::Plan(sql, 3, types), values, nullptr, false);
+	    "                      WHERE s.backend_start OPERATOR(pg_catalog.=) w.session_started_at))), "
+	    // Checked again on the row as it is now: a stop_worker() that
+	    // committed since the snapshot wins.
+	    "locked AS (SELECT w.worker_id, gone.session_pid FROM %s w JOIN gone "
+	    "  ON w.worker_id OPERATOR(pg_catalog.=) gone.worker_id "
+	    "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid IS NOT NULL " // the partial index
+	    "  AND w.session_pid OPERATOR(pg_catalog.=) gone.session_pid "
+	    "  FOR UPDATE OF w SKIP LOCKED), "
+	    "dead AS (UPDATE %s w SET status = 'dead', died_at = $3, death_cause = 'session_ended', "
+	    "  session_pid = NULL, session_started_at = NULL "
+	    "  FROM locked WHERE w.worker_id OPERATOR(pg_catalog.=) locked.worker_id "
+	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid IS NOT NULL "
+	    "  AND w.session_pid OPERATOR(pg_catalog.=) locked.session_pid "
+	    "  RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, locked.session_pid) "
+	    "SELECT d.*, NULL::pg_catalog.int8 FROM dead d "
+	    "UNION ALL SELECT NULL, NULL, NULL, NULL, (SELECT pg_catalog.count(*) FROM gone) OPERATOR(pg_catalog.-) "
+	    "(SELECT pg_catalog.count(*) FROM locked)",
+	    table, kLive, table, kLive, table, kLive);
+	int skipped = 1;
+	uint64 rows = 0;
+	if (RunBounded(spi::Plan(sql, 3, types), values, false))
+		skipped = TakeSkippedRow(5, &rows);
+	if (skipped > 0) {
+		// The sessions taken from the ring are not lost: the next pass sweeps.
+		bounded->skipped += skipped;
+		registry::RequestSessionCheck(MyDatabaseId);
+	}
 	// A session that ended after the ring was taken, and whose backend was
 	// gone by the time the statement looked, is found dead here too: its
 	// entry is in the ring now (its latency: found as soon as it ended).
 	registry::EndedSession later[registry::kEndedSessions];
 	int n_later = -1; // not looked yet
-	for (uint64 row = 0; row < SPI_processed; ++row) {
+	for (uint64 row = 0; row < rows; ++row) {
 		int r = static_cast<int>(row);
 		bool isnull = false;
 		Death d = ReadDeath(r, "session_ended");
@@ -177,7 +328,7 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 }
 
 // Workers silent for longer than their dead_after are dead.
-void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full, Deaths *deaths)
+void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full, Deaths *deaths, Bounded *bounded)
 {
 	if (!full && !registry::DeathCheckDue(MyDatabaseId, now))
 		return;
@@ -185,21 +336,29 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	const char *types_table = catalog::Qualified(ext, "worker_types");
 	static const Oid types[2] = {TIMESTAMPTZOID, INTERVALOID};
 	Datum values[2] = {TimestampTzGetDatum(now), DeadAfterInterval()};
+	// $1 OPERATOR(-) dead_after is only computed for the dead, whose
+	// dead_after is shorter than their silence: it cannot overflow. ($2, the
+	// setting, only bounds the schedule's shortest dead_after.)
 	char *scan_sql =
-	    psprintf("WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $2) AS dead_after, "
-	             "  w.last_heartbeat_at OPERATOR(pg_catalog.+) COALESCE(t.dead_after, $2) AS deadline "
+	    psprintf("WITH d AS (SELECT w.worker_id, d0.dead_after, %s AS deadline "
 	             "  FROM %s w LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	             "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
 	             "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s)) "
 	             "SELECT pg_catalog.array_agg(worker_id) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
-	             "pg_catalog.array_agg($1 OPERATOR(pg_catalog.-) dead_after) FILTER (WHERE deadline "
-	             "OPERATOR(pg_catalog.<=) $1), "
+	             "pg_catalog.array_agg(CASE WHEN deadline OPERATOR(pg_catalog.<=) $1 "
+	             "  THEN $1 OPERATOR(pg_catalog.-) dead_after END) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
 	             "pg_catalog.min(deadline) FILTER (WHERE deadline OPERATOR(pg_catalog.>) $1), "
 	             "LEAST((SELECT pg_catalog.min(t2.dead_after) FROM %s t2), $2) "
 	             "FROM d",
-	             table, types_table, kLive, types_table);
+	             DeadlineSql("w.last_heartbeat_at", "d0.dead_after"), table, types_table, DeadAfterSql("t.dead_after"),
+	             kLive, types_table);
 	// Not read-only: under READ COMMITTED that gives the scan a snapshot of its
 	// own, taken after the caller's BeginPass() (see reaper_registry.hpp).
-	spi::Run(spi::Plan(scan_sql, 2, types), values, nullptr, false);
+	if (!RunBounded(spi::Plan(scan_sql, 2, types), values, false)) {
+		bounded->skipped++;
+		registry::InvalidateDeathSchedule(MyDatabaseId); // look again at the next pass
+		return;
+	}
 	bool ids_null = true, cutoffs_null = true, next_null = true, shortest_null = true;
 	Datum ids = spi::Column(0, 1, &ids_null);
 	Datum cutoffs = spi::Column(0, 2, &cutoffs_null);
@@ -226,25 +385,41 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	}
 	if (dead == 0)
 		return;
-	static const Oid mark_types[3] = {TEXTARRAYOID, TIMESTAMPTZOID, INTERVALOID};
-	Datum mark_values[3] = {PointerGetDatum(construct_array(id_items, dead, TEXTOID, -1, false, TYPALIGN_INT)),
-	                        TimestampTzGetDatum(now), DeadAfterInterval()};
-	// Checked again row by row: a worker may have come back since the scan.
-	char *mark_sql =
-	    psprintf("WITH d AS (SELECT w.worker_id, COALESCE(t.dead_after, $3) AS dead_after FROM %s w "
-	             "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
-	             "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1)) "
-	             "UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
-	             "session_pid = NULL, session_started_at = NULL "
-	             "FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
-	             "AND w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
-	             "AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
-	             "AND (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after) OPERATOR(pg_catalog.<=) $2 "
-	             "RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
-	             "$2 OPERATOR(pg_catalog.-) (w.last_heartbeat_at OPERATOR(pg_catalog.+) d.dead_after)",
-	             table, types_table, table, kLive);
-	spi::Run(spi::Plan(mark_sql, 3, mark_types), mark_values, nullptr, false);
-	for (uint64 row = 0; row < SPI_processed; ++row) {
+	static const Oid mark_types[4] = {TEXTARRAYOID, TIMESTAMPTZOID, INTERVALOID, INT8OID};
+	Datum mark_values[4] = {PointerGetDatum(construct_array(id_items, dead, TEXTOID, -1, false, TYPALIGN_INT)),
+	                        TimestampTzGetDatum(now), DeadAfterInterval(), Int64GetDatum(dead)};
+	// Checked again row by row, on the row as it is now: a worker may have
+	// come back since the scan. A row someone holds locked is left for the
+	// next pass.
+	char *deadline = DeadlineSql("w.last_heartbeat_at", "d.dead_after");
+	char *mark_sql = psprintf(
+	    "WITH d AS (SELECT w.worker_id, d0.dead_after FROM %s w "
+	    "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	    "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
+	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
+	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND %s OPERATOR(pg_catalog.<=) $2 "
+	    "  FOR UPDATE OF w SKIP LOCKED), "
+	    "dead AS (UPDATE %s w SET status = 'dead', died_at = $2, death_cause = 'heartbeat_timeout', "
+	    "  session_pid = NULL, session_started_at = NULL "
+	    "  FROM d WHERE w.worker_id OPERATOR(pg_catalog.=) d.worker_id "
+	    "  AND w.worker_id OPERATOR(pg_catalog.=) ANY ($1) "
+	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
+	    "  AND %s OPERATOR(pg_catalog.<=) $2 "
+	    "  RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
+	    "  $2 OPERATOR(pg_catalog.-) %s) "
+	    "SELECT x.*, NULL::pg_catalog.int8 FROM dead x "
+	    "UNION ALL SELECT NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM d)",
+	    table, types_table, DeadAfterSql("t.dead_after"), kLive, DeadlineSql("w.last_heartbeat_at", "d0.dead_after"),
+	    table, kLive, deadline, deadline);
+	int skipped = 1;
+	uint64 rows = 0;
+	if (RunBounded(spi::Plan(mark_sql, 4, mark_types), mark_values, false))
+		skipped = TakeSkippedRow(5, &rows);
+	if (skipped > 0) {
+		bounded->skipped += skipped;
+		registry::InvalidateDeathSchedule(MyDatabaseId); // the next pass checks again
+	}
+	for (uint64 row = 0; row < rows; ++row) {
 		int r = static_cast<int>(row);
 		bool isnull = false;
 		Death d = ReadDeath(r, "heartbeat_timeout");
@@ -255,12 +430,16 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 
 // Every worker already dead: swept on full passes, in case an earlier pass
 // had to skip some of their rows.
-void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Holder **holders, int *holder_count)
+void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Holder **holders, int *holder_count,
+                      Bounded *bounded)
 {
 	char *sql = psprintf("SELECT worker_id FROM %s WHERE status OPERATOR(pg_catalog.=) 'dead'",
 	                     catalog::Qualified(ext, "worker_heartbeats"));
-	spi::Run(spi::Plan(sql, 0, nullptr), nullptr, nullptr, true);
-	int extra = static_cast<int>(SPI_processed);
+	int extra = 0;
+	if (RunBounded(spi::Plan(sql, 0, nullptr), nullptr, true))
+		extra = static_cast<int>(SPI_processed);
+	else
+		bounded->skipped++;
 	auto *all = static_cast<leases::Holder *>(palloc(sizeof(leases::Holder) * (deaths->count + extra + 1)));
 	int n = 0;
 	for (int i = 0; i < deaths->count; ++i)
@@ -280,22 +459,43 @@ void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Hol
 
 } // namespace
 
+char *LivenessViewSql(const char *schema)
+{
+	// Same columns, in the same order, as the 1.0 view.
+	return psprintf(
+	    "CREATE OR REPLACE VIEW %s.worker_liveness AS "
+	    "SELECT w.worker_id, w.worker_type, w.last_heartbeat_at, w.status, w.current_run_id, "
+	    "w.current_task, w.lease_expires_at, w.started_at, w.metadata, w.session_pid, "
+	    "w.session_started_at, w.died_at, w.death_cause, "
+	    "EXTRACT(EPOCH FROM (pg_catalog.now() OPERATOR(pg_catalog.-) w.last_heartbeat_at)) AS seconds_since_heartbeat, "
+	    "d.dead_after, "
+	    "(w.status OPERATOR(pg_catalog.=) 'dead' "
+	    " OR (w.status OPERATOR(pg_catalog.<>) 'stopped' "
+	    "     AND %s OPERATOR(pg_catalog.<=) pg_catalog.now())) AS is_dead "
+	    "FROM %s.worker_heartbeats w "
+	    "LEFT JOIN %s.worker_types t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
+	    "CROSS JOIN LATERAL (SELECT %s AS dead_after) d",
+	    schema, DeadlineSql("w.last_heartbeat_at", "d.dead_after"), schema, schema, DeadAfterSql("t.dead_after"));
+}
+
 PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 {
 	instr_time start;
 	INSTR_TIME_SET_CURRENT(start);
 	TimestampTz now = GetCurrentTimestamp();
-	PassResult result{0, 0, 0, 0};
+	PassResult result{0, 0, 0, 0, 0};
+	spi::ForgetUnusedPlans(); // the long-lived reaper keeps only the plans it still uses
 
-	FlushHeartbeats(ext);
+	Bounded bounded{0};
+	FlushHeartbeats(ext, &bounded);
 	Deaths deaths{nullptr, 0, 0};
-	FindSessionDeaths(ext, now, options, &deaths);
-	FindTimeoutDeaths(ext, now, options.full, &deaths);
+	FindSessionDeaths(ext, now, options, &deaths, &bounded);
+	FindTimeoutDeaths(ext, now, options.full, &deaths, &bounded);
 
 	leases::Holder *holders = nullptr;
 	int holder_count = 0;
 	if (options.full) {
-		AddEarlierDeaths(ext, &deaths, &holders, &holder_count);
+		AddEarlierDeaths(ext, &deaths, &holders, &holder_count, &bounded);
 	} else if (deaths.count > 0) {
 		holders = static_cast<leases::Holder *>(palloc(sizeof(leases::Holder) * deaths.count));
 		for (int i = 0; i < deaths.count; ++i)
@@ -322,6 +522,7 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 	result.declared_dead = deaths.count;
 	result.released = released.released;
 	result.tables_failed = released.tables_failed;
+	result.rows_skipped = bounded.skipped;
 	if (options.from_reaper && released.last_failure)
 		registry::SetLastError(MyDatabaseId, released.last_failure); // reaper_status() shows it
 	instr_time elapsed;
@@ -335,3 +536,15 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 }
 
 } // namespace wh::reaping
+
+// @extschema@._liveness_view_sql(p_schema text): CREATE OR REPLACE VIEW of
+// worker_liveness in p_schema (a quoted identifier, as @extschema@ is), built
+// from the one definition above. Run by the install / update scripts.
+extern "C" Datum wh_liveness_view_sql(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		if (PG_ARGISNULL(0))
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("p_schema must not be null")));
+		PG_RETURN_TEXT_P(cstring_to_text(wh::reaping::LivenessViewSql(text_to_cstring(PG_GETARG_TEXT_PP(0)))));
+	});
+}

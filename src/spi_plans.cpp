@@ -3,6 +3,7 @@
 #include <cstring>
 
 extern "C" {
+#include "common/hashfn.h"
 #include "utils/memutils.h"
 }
 
@@ -13,32 +14,85 @@ namespace
 {
 struct KeptPlan {
 	char *sql;
+	uint32 hash;
 	SPIPlanPtr plan;
+	TimestampTz last_used;
 	KeptPlan *next;
 };
 KeptPlan *kept = nullptr;
+int kept_count = 0;
+int running = 0; // our plans executing now (nested calls included)
+TimestampTz next_sweep = 0;
+constexpr int64 kUnusedUs = 10 * 60 * USECS_PER_SEC; // a plan unused this long is freed
+constexpr int64 kSweepEveryUs = 60 * USECS_PER_SEC;
 } // namespace
 
 SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes)
 {
+	uint32 hash = hash_bytes(reinterpret_cast<const unsigned char *>(sql), static_cast<int>(strlen(sql)));
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	for (KeptPlan *p = kept; p; p = p->next)
-		if (strcmp(p->sql, sql) == 0)
+		if (p->hash == hash && strcmp(p->sql, sql) == 0) {
+			p->last_used = now;
 			return p->plan;
+		}
 	SPIPlanPtr plan = SPI_prepare(sql, nargs, const_cast<Oid *>(argtypes));
 	if (!plan)
 		elog(ERROR, "worker_heartbeat: could not prepare statement: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	auto *entry = static_cast<KeptPlan *>(MemoryContextAlloc(TopMemoryContext, sizeof(KeptPlan)));
 	entry->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	entry->hash = hash;
 	entry->plan = plan;
+	entry->last_used = now;
 	entry->next = kept;
 	kept = entry;
+	kept_count++;
 	return plan;
+}
+
+void ForgetUnusedPlans()
+{
+	// Only where none of our plans runs: a plan is never freed under its
+	// own execution (a trigger of a registered table may call us).
+	if (running > 0)
+		return;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	if (now < next_sweep)
+		return;
+	next_sweep = now + kSweepEveryUs;
+	KeptPlan **link = &kept;
+	while (KeptPlan *p = *link) {
+		if (p->last_used < now - kUnusedUs) {
+			*link = p->next;
+			SPI_freeplan(p->plan);
+			pfree(p->sql);
+			pfree(p);
+			kept_count--;
+		} else {
+			link = &p->next;
+		}
+	}
+}
+
+int KeptPlans()
+{
+	return kept_count;
 }
 
 int Run(SPIPlanPtr plan, const Datum *values, const char *nulls, bool read_only, long count)
 {
-	int rc = SPI_execute_plan(plan, const_cast<Datum *>(values), nulls, read_only, count);
+	int rc = 0;
+	running++;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, const_cast<Datum *>(values), nulls, read_only, count);
+	}
+	PG_FINALLY();
+	{
+		running--;
+	}
+	PG_END_TRY();
 	if (rc < 0)
 		elog(ERROR, "worker_heartbeat: statement failed: %s", SPI_result_code_string(rc));
 	return rc;

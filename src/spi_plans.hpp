@@ -1,5 +1,10 @@
-// Prepared statements kept for the life of the backend, keyed by their text.
-// Callers must be connected to SPI.
+// Prepared statements kept by the backend, keyed by their text. Callers must
+// be connected to SPI.
+//
+// A kept plan unused for ten minutes is freed (ForgetUnusedPlans, called at
+// the start of each reaping pass): statements built from the registrations
+// change with them, and the long-lived reaper must not keep one plan per
+// change forever.
 #pragma once
 
 #include "pg.hpp"
@@ -8,6 +13,10 @@ namespace wh::spi
 {
 
 SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes);
+// Frees the plans unused for a while (at most once a minute; never while one
+// of our plans is running).
+void ForgetUnusedPlans();
+int KeptPlans(); // how many are kept (tests, debugging)
 // Runs a kept plan; raises an ERROR naming the statement if SPI fails.
 int Run(SPIPlanPtr plan, const Datum *values, const char *nulls, bool read_only, long count = 0);
 

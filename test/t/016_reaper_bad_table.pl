@@ -82,7 +82,8 @@ sub holder
 
 # --- a dropped table and a value that no longer casts ---------------------------
 my $v1 = bound_worker('victim-1', 1, 't_gone', 't_cast', 't_good');
-# Before the DROP: an idle pass may report the dropped table before the kill.
+# Taken before the DROP: a pass that runs between the DROP and the kill
+# (reap_interval is 200 ms) already names the dropped table, once.
 my $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{
 	DROP TABLE app.t_gone;
