@@ -428,12 +428,13 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	}
 }
 
-// Every worker already dead: swept on full passes, in case an earlier pass
-// had to skip some of their rows.
+// Every worker already dead or stopped: swept on full passes, in case an
+// earlier pass (or stop_worker) had to skip some of their rows for a lock.
 void AddEarlierDeaths(const catalog::Extension &ext, Deaths *deaths, leases::Holder **holders, int *holder_count,
                       Bounded *bounded)
 {
-	char *sql = psprintf("SELECT worker_id FROM %s WHERE status OPERATOR(pg_catalog.=) 'dead'",
+	char *sql = psprintf("SELECT worker_id FROM %s WHERE status OPERATOR(pg_catalog.=) ANY "
+	                     "(ARRAY['dead','stopped']::pg_catalog.text[])",
 	                     catalog::Qualified(ext, "worker_heartbeats"));
 	int extra = 0;
 	if (RunBounded(spi::Plan(sql, 0, nullptr), nullptr, true))
