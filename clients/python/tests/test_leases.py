@@ -87,8 +87,8 @@ def test_in_the_callers_transaction(pg):
 
 
 def test_unregistered_table(pg):
-    pg.val("CREATE TABLE public.not_registered (id int) ; SELECT 1")
     with pg.connect() as c:
+        c.execute("CREATE TABLE public.not_registered (id int)")
         with pytest.raises(ValueError, match="not registered"):
             LeaseTable(c, "not_registered")
 
