@@ -1,7 +1,12 @@
 // Types of worker-heartbeat for ESM (the same declarations as index.d.ts).
-import type { Client, ClientConfig, Pool, PoolClient } from 'pg';
+// No import of 'pg' types: users need not install @types/pg.
 
-export type Queryable = Client | Pool | PoolClient;
+/** A pg Client, Pool or PoolClient (anything with node-postgres's query()). */
+export interface Queryable {
+  query(text: string, values?: unknown[]): Promise<{ rows: any[]; rowCount: number | null }>;
+}
+/** Extra node-postgres client settings (pg.ClientConfig). */
+export type ClientConfig = { [key: string]: unknown };
 export type JsonObject = { [key: string]: unknown };
 /** A lease token: an opaque 63-bit integer. Never a Number (it would lose precision). */
 export type LeaseToken = bigint;
