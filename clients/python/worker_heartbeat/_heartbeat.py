@@ -109,8 +109,11 @@ class WorkerHeartbeat:
         self.stop_requested: threading.Event = threading.Event()
         self._metadata: Dict[str, Any] = dict(metadata or {})
         self._lock = threading.RLock()  # re-entrant: a signal handler may run stop() mid-update
-        self._state: Dict[str, Any] = {"status": "active", "run_id": None, "task": None, "run_text": None}
-        self._version = 0
+        # (version, state) replaced as one object: the beat thread reads it
+        # without the lock, so a signal handler that runs stop() in the middle
+        # of update_task never waits for the thread.
+        self._snapshot: Any = (0, {"status": "active", "run_id": None, "task": None, "run_text": None})
+        self._sent_version = -1
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -157,9 +160,9 @@ class WorkerHeartbeat:
         `run_id` is a UUID (str or uuid.UUID) or None; any other text is kept
         in the row's metadata as "run_id" (current_run_id is a uuid column)."""
         uuid_text, other = split_run_id(run_id)
+        state = {"status": str(status), "run_id": uuid_text, "task": task, "run_text": other}
         with self._lock:
-            self._state = {"status": str(status), "run_id": uuid_text, "task": task, "run_text": other}
-            self._version += 1
+            self._snapshot = (self._snapshot[0] + 1, state)
         self._wake.set()
 
     def mark_idle(self) -> None:
@@ -259,14 +262,12 @@ class WorkerHeartbeat:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
             first = True
-        with self._lock:
-            st = dict(self._state)
-            version = self._version
+        version, st = self._snapshot
         meta: Optional[Dict[str, Any]] = None
         if first:
             meta = {"client": CLIENT_NAME, "host": socket.gethostname(), "pid": os.getpid()}
             meta.update(self._metadata)
-        if first or version != getattr(self, "_sent_version", -1):
+        if first or version != self._sent_version:
             meta = dict(meta or {})
             meta["run_id"] = st["run_text"]
         self._conn.execute(
