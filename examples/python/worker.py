@@ -9,8 +9,8 @@ queue table of examples/sql/queue.sql.
 
   DATABASE_URL=postgresql:///mydb /usr/bin/python3 examples/python/worker.py --session-bound
 
-Install the package (pip install ./clients/python) or run this file from the
-repository: it then imports clients/python directly. Uses psycopg 3 (Debian's
+Run from a checkout it imports clients/python directly; elsewhere, install the
+package first (pip install ./clients/python). Uses psycopg 3 (Debian's
 python3-psycopg: run it with /usr/bin/python3). The same options as
 examples/node/worker.js and the C++ worker_heartbeat_queue_worker.
 """
@@ -20,11 +20,11 @@ import os
 import sys
 import time
 
-try:
-    import worker_heartbeat
-except ImportError:  # run from the repository without installing the package
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
-    import worker_heartbeat
+# In a checkout, the package beside this file (clients/python) comes first, so
+# that the example always runs the code it ships with; elsewhere, the installed one.
+_CHECKOUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python")
+if os.path.isfile(os.path.join(_CHECKOUT, "worker_heartbeat", "__init__.py")):
+    sys.path.insert(0, os.path.normpath(_CHECKOUT))
 
 import psycopg
 from psycopg import sql
