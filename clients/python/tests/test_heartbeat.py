@@ -1,6 +1,5 @@
 """WorkerHeartbeat against a real cluster: kill -9, SIGTERM, a restarted
 database, concurrent task updates, the original design's helpers."""
-import os
 import signal
 import subprocess
 import threading

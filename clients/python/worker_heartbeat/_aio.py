@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import psycopg
 from psycopg import sql
@@ -69,7 +69,7 @@ class AsyncWorkerHeartbeat:
         self._task: Optional["asyncio.Task[None]"] = None
         self._conn: Optional[psycopg.AsyncConnection[Any]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._signals: list = []
+        self._signals: List[int] = []
         self._started = False
         self._stopped = False
         self.beats = 0
@@ -199,7 +199,7 @@ class AsyncWorkerHeartbeat:
             pass
 
     async def _connect(self) -> "psycopg.AsyncConnection[Any]":
-        conn = await psycopg.AsyncConnection.connect(
+        conn: "psycopg.AsyncConnection[Any]" = await psycopg.AsyncConnection.connect(
             self.dsn, **connect_kwargs("worker_heartbeat " + self.worker_id, self.connect_timeout))
         try:
             await conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)",

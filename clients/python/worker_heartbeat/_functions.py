@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import psycopg
 from psycopg import sql
@@ -22,7 +22,7 @@ def _connection(conn: Conn) -> Iterator["psycopg.Connection[Any]"]:
         yield c
 
 
-def _call(conn: Conn, schema: Optional[str], fmt: str, args: tuple = ()) -> List[Dict[str, Any]]:
+def _call(conn: Conn, schema: Optional[str], fmt: str, args: Tuple[Any, ...] = ()) -> List[Dict[str, Any]]:
     with _connection(conn) as c, c.cursor(row_factory=dict_row) as cur:
         cur.execute(sql.SQL(fmt).format(sql.Identifier(resolve_schema(schema))), args)
         return cur.fetchall()

@@ -35,7 +35,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0 for the first retry)."""
-        base = min(self.maximum, self.initial * 2 ** min(attempt, 30))
+        base: float = min(self.maximum, self.initial * 2.0 ** min(attempt, 30))
         return base * random.uniform(1 - self.jitter, 1.0)
 
 

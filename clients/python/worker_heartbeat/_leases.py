@@ -80,6 +80,7 @@ class _Base:
     table: str
     token_column: str
     channel: str
+    _claim: sql.Composed
 
     def _resolved(self, row: Optional[Mapping[str, Any]], table: str) -> None:
         if row is None:  # pragma: no cover
@@ -138,7 +139,8 @@ class LeaseTable(_Base):
 
     def extend(self, token: Union[int, Lease], lease_seconds: float = 300) -> datetime.datetime:
         """extend_lease: the lease's new deadline. StaleLease if it is not ours any more."""
-        return self._one(self._sql.extend, token, _interval(lease_seconds))
+        deadline: datetime.datetime = self._one(self._sql.extend, token, _interval(lease_seconds))
+        return deadline
 
     def complete(self, token: Union[int, Lease], set: Json = None) -> None:
         """complete_lease: ends the lease and applies `set`. StaleLease: nothing changed."""
@@ -193,7 +195,8 @@ class AsyncLeaseTable(_Base):
 
     async def extend(self, token: Union[int, Lease], lease_seconds: float = 300) -> datetime.datetime:
         """See LeaseTable.extend."""
-        return await self._one(self._sql.extend, token, _interval(lease_seconds))
+        deadline: datetime.datetime = await self._one(self._sql.extend, token, _interval(lease_seconds))
+        return deadline
 
     async def complete(self, token: Union[int, Lease], set: Json = None) -> None:
         """See LeaseTable.complete."""
