@@ -39,7 +39,20 @@ def _find(module):
     return False
 
 
-_HAVE = _find("setuptools") and _find("wheel")
+def _have_backend():
+    if not _find("setuptools"):
+        return False
+    import setuptools
+
+    try:
+        major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+    except ValueError:
+        major, minor = 0, 0
+    # setuptools 70.1 builds wheels by itself; older ones need the wheel package.
+    return (major, minor) >= (70, 1) or _find("wheel")
+
+
+_HAVE = _have_backend()
 
 if _HAVE:
     from setuptools import build_meta as _b
