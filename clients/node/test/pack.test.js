@@ -84,3 +84,14 @@ test('npm pack, npm install <tarball>, then the snippet runs (CJS and ESM)', asy
     assert.equal(await pg.val("SELECT count(*)::int FROM pm_pipeline.worker_events WHERE worker_id = $1 AND event = 'stopped'", [id]), 1);
   }
 });
+
+test('npm install --install-links <directory> installs a copy with pg beside it', () => {
+  const app = path.join(dir, 'app-dir');
+  fs.mkdirSync(app);
+  fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app-dir', version: '1.0.0', private: true }));
+  npm(['install', '--install-links', '--prefer-offline', '--no-audit', '--no-fund', PKG], app);
+  assert.ok(!fs.lstatSync(path.join(app, 'node_modules/worker-heartbeat')).isSymbolicLink());
+  const out = execFileSync(process.execPath, ['-e', "const m = require('worker-heartbeat'); console.log(typeof m.WorkerHeartbeat, typeof require('pg').Client)"],
+    { cwd: app, encoding: 'utf8' });
+  assert.equal(out.trim(), 'function function');
+});
