@@ -1,263 +1,183 @@
 #!/usr/bin/env node
-// Example worker for the worker_heartbeat extension, in Node.js (node-postgres).
+// Example queue worker for the worker_heartbeat extension, in Node.js.
 //
-// The seed's loop: a heartbeat beside the work (its own connection, every
-// WORKER_HEARTBEAT_INTERVAL seconds, default 30), claim a task, update the
-// heartbeat's task, work, complete, mark idle, stop on SIGTERM / SIGINT.
-// Works on the queue table of examples/sql/queue.sql.
+// A thin user of the worker-heartbeat package (clients/node): a WorkerHeartbeat
+// beside the work, claim a task with LeaseTable, update the heartbeat's task,
+// work (extending the lease on long tasks), complete, mark idle; on SIGTERM /
+// SIGINT finish the current task, then stop (stop_worker). It works on the
+// queue table of examples/sql/queue.sql.
 //
-//   cd examples/node && npm ci && DATABASE_URL=postgresql:///mydb node worker.js
+//   cd examples/node && npm ci && DATABASE_URL=postgresql:///mydb node worker.js --session-bound
 //
-// Connection: DATABASE_URL, else the PG* variables. Worker id: --id, else
-// $<TYPE>_WORKER_ID, else <type>-<host>-<pid>.
+// The same options as examples/python/worker.py and the C++ worker_heartbeat_queue_worker.
 'use strict';
 
-const os = require('os');
-const { Client } = require('pg');
+// Loaded after the options are parsed, so that --help works before `npm ci`.
+let Client, WorkerHeartbeat, LeaseTable, StaleLeaseError;
+
+const USAGE = `usage: node worker.js [options]
+
+Example queue worker for the worker_heartbeat extension, in Node.js.
+
+options:
+  -h, --help            show this help message and exit
+  --db DSN              connection string or URI (default: $DATABASE_URL, else the PG* variables)
+  --schema SCHEMA       the extension's schema (default: pm_pipeline)
+  --table TABLE         the registered queue table (default: tasks)
+  --type TYPE           worker type (default: company_research)
+  --id ID               worker id (default: $<TYPE>_WORKER_ID, else <type>-<host>-<pid>)
+  --mode auto|fenced|plain
+                        fenced leases (claim_leases, tokens) or plain UPDATEs;
+                        auto: fenced when installed
+  --work-ms N           milliseconds of simulated work per task (default: 200)
+  --lease-ms N          lease length; extended every half lease while working (default: 300000)
+  --idle-ms N           pause when the queue is empty (default: 500)
+  --max-tasks N         exit after N tasks (default: no limit)
+  --exit-when-empty     exit when the queue is empty
+  --session-bound       the worker dies with its heartbeat session: kill -9 gives its leases back at once
+  --no-session-bound    die by silence after dead_after (the default here)
+  --no-extend           never extend the lease
+  --on-signal flag|exit SIGTERM/SIGINT: finish the current task, then stop (flag, default), or stop at once (exit)
+
+Environment: DATABASE_URL (else the PG* variables), WORKER_HEARTBEAT_INTERVAL (seconds,
+default 30), <TYPE>_WORKER_ID (e.g. COMPANY_RESEARCH_WORKER_ID). The older name
+--lease-seconds is still accepted.
+`;
+
+class UsageError extends Error {}
 
 function log(...args) {
   console.log(new Date().toISOString(), ...args);
 }
 
-function quoteIdent(s) {
-  return '"' + String(s).replace(/"/g, '""') + '"';
-}
-
-function defaultWorkerId(type) {
-  const env = process.env[type.toUpperCase().replace(/[^A-Z0-9]/g, '_') + '_WORKER_ID'];
-  return env || `${type.replace(/_/g, '-')}-${os.hostname().split('.')[0]}-${process.pid}`;
-}
-
-class StaleLease extends Error {}
-
-// The seed's WorkerHeartbeat. Heartbeat failures never stop the work: it logs,
-// reconnects with backoff and tries again.
-class WorkerHeartbeat {
-  constructor({ workerId, workerType, intervalSeconds, connectionString, schema = 'pm_pipeline', sessionBound = false }) {
-    this.workerId = workerId;
-    this.workerType = workerType;
-    this.interval = Number(intervalSeconds || process.env.WORKER_HEARTBEAT_INTERVAL || 30);
-    if (!(this.interval > 0)) throw new Error('the heartbeat interval must be positive');
-    this.connectionString = connectionString;
-    this.schema = quoteIdent(schema);
-    this.sessionBound = sessionBound;
-    this.state = { status: 'active', runId: null, task: null };
-    this.client = null;
-    this.timer = null;
-    this.attempt = 0;
-    this.stopping = false;
-    this.stopRequested = false;
-    this.inFlight = Promise.resolve();
-  }
-
-  start() {
-    const onSignal = (sig) => {
-      log(`received ${sig}: finishing the current task`);
-      this.stopRequested = true;
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    log(`Started heartbeat for worker ${this.workerId} (interval: ${this.interval}s)`);
-    this.schedule(0);
-  }
-
-  updateTask(runId, task, status = 'processing') {
-    this.state = { status, runId, task };
-    this.schedule(0); // beat now
-  }
-
-  markIdle() {
-    this.updateTask(null, null, 'idle');
-  }
-
-  async stop() {
-    if (this.stopping) return;
-    this.stopping = true;
-    this.stopRequested = true;
-    clearTimeout(this.timer);
-    await this.inFlight;
-    try {
-      const c = this.client || (await this.connect());
-      await c.query(`SELECT ${this.schema}.stop_worker($1)`, [this.workerId]);
-      log(`Stopped worker ${this.workerId}`);
-    } catch (e) {
-      log(`stop_worker failed: ${e.message}`);
-    }
-    if (this.client) await this.client.end().catch(() => {});
-    this.client = null;
-  }
-
-  schedule(ms) {
-    if (this.stopping) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.inFlight = this.inFlight.then(() => this.beat());
-    }, ms);
-  }
-
-  async connect() {
-    const c = new Client({
-      connectionString: this.connectionString || undefined,
-      application_name: `worker_heartbeat ${this.workerId}`.slice(0, 63),
-      connectionTimeoutMillis: 10000,
-      keepAlive: true,
-    });
-    c.on('error', () => {}); // a dropped connection surfaces on the next query
-    await c.connect();
-    return c;
-  }
-
-  async beat() {
-    if (this.stopping) return;
-    let next = this.interval * 1000;
-    const s = this.state;
-    try {
-      let first = false;
-      if (!this.client) {
-        this.client = await this.connect();
-        first = true;
-      }
-      const meta = first ? JSON.stringify({ client: 'worker_heartbeat-node', host: os.hostname(), pid: process.pid }) : null;
-      await this.client.query(
-        `SELECT ${this.schema}.upsert_worker_heartbeat(p_worker_id => $1, p_worker_type => $2,
-           p_status => $3, p_current_run_id => $4::uuid, p_current_task => $5,
-           p_metadata => $6::jsonb, p_session_bound => $7)`,
-        [this.workerId, this.workerType, s.status, s.runId, s.task, meta, this.sessionBound]);
-      if (this.attempt > 0) log('heartbeat connection restored');
-      this.attempt = 0;
-    } catch (e) {
-      if (this.client) this.client.end().catch(() => {});
-      this.client = null;
-      next = Math.min(30000, 250 * 2 ** Math.min(this.attempt, 10)) * (0.5 + Math.random() / 2);
-      this.attempt += 1;
-      log(`heartbeat failed (${e.message}); retrying in ${Math.round(next)} ms`);
-    }
-    // A task update that arrived while this beat was in flight goes out now.
-    if (this.state !== s && this.attempt === 0) next = 0;
-    this.schedule(next);
-  }
-}
-
-// Claims and completes rows of a table registered with register_lease_table.
-class Queue {
-  constructor(client, { table, schema, workerId, leaseSeconds, mode }) {
-    Object.assign(this, { client, workerId, mode, table });
-    this.schema = quoteIdent(schema);
-    this.lease = `${leaseSeconds} seconds`;
-    this.leaseMs = leaseSeconds * 1000;
-  }
-
-  async init() {
-    // regclass output is the table name quoted as needed: safe to splice.
-    this.table = (await this.client.query('SELECT $1::regclass::text AS t', [this.table])).rows[0].t;
-    const have = (await this.client.query('SELECT to_regprocedure($1) IS NOT NULL AS f',
-      [`${this.schema}.claim_leases(anyelement,text,integer,interval,jsonb,jsonb)`])).rows[0].f;
-    this.fenced = this.mode === 'fenced' || (this.mode === 'auto' && have);
-    return this;
-  }
-
-  async claim() {
-    const r = this.fenced
-      ? await this.client.query(
-        `SELECT id, run_id, payload, lease_token AS token FROM ${this.schema}.claim_leases(
-           NULL::${this.table}, $1, 1, $2::interval, $3::jsonb, $4::jsonb)`,
-        [this.workerId, this.lease, '{"state": "pending"}', '{"state": "claimed"}'])
-      : await this.client.query(
-        `UPDATE ${this.table} SET claimed_by = $1, lease_expires_at = now() + $2::interval,
-           state = 'claimed', attempts = attempts + 1
-         WHERE id = (SELECT id FROM ${this.table} WHERE state = 'pending' AND claimed_by IS NULL
-                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, run_id, payload, NULL::bigint AS token`,
-        [this.workerId, this.lease]);
-    return r.rows[0] || null;
-  }
-
-  // Pushes the lease's deadline; StaleLease if the row is no longer ours.
-  async extend(task) {
-    try {
-      if (this.fenced) {
-        await this.client.query(`SELECT ${this.schema}.extend_lease($1::regclass, $2, $3::interval)`,
-          [this.table, task.token, this.lease]);
-        return;
-      }
-      const r = await this.client.query(
-        `UPDATE ${this.table} SET lease_expires_at = now() + $3::interval WHERE id = $1 AND claimed_by = $2`,
-        [task.id, this.workerId, this.lease]);
-      if (r.rowCount === 0) throw new StaleLease(`task ${task.id} is no longer ours`);
-    } catch (e) {
-      if (e.code === 'WH001') throw new StaleLease(e.message);
-      throw e;
-    }
-  }
-
-  async complete(task) {
-    try {
-      if (this.fenced) {
-        await this.client.query(`SELECT ${this.schema}.complete_lease($1::regclass, $2, $3::jsonb)`,
-          [this.table, task.token, JSON.stringify({ state: 'done', done_by: this.workerId, done_at: 'now' })]);
-        return;
-      }
-      const r = await this.client.query(
-        `UPDATE ${this.table} SET state = 'done', claimed_by = NULL, lease_expires_at = NULL,
-           done_by = $2, done_at = now() WHERE id = $1 AND claimed_by = $2`, [task.id, this.workerId]);
-      if (r.rowCount === 0) throw new StaleLease(`task ${task.id} is no longer ours`);
-    } catch (e) {
-      if (e.code === 'WH001') throw new StaleLease(e.message);
-      throw e;
-    }
-  }
-}
-
 function parseArgs(argv) {
   const a = {
-    table: 'tasks', schema: 'pm_pipeline', type: 'company_research', id: null, mode: 'auto',
-    workMs: Number(process.env.WORK_MS || 200), leaseSeconds: 300, idleMs: 500,
-    sessionBound: false, exitWhenEmpty: false,
+    db: process.env.DATABASE_URL || '', table: 'tasks', schema: 'pm_pipeline', type: 'company_research', id: null,
+    mode: 'auto', workMs: Number(process.env.WORK_MS || 200), leaseMs: 300000, idleMs: 500, maxTasks: 0,
+    sessionBound: false, exitWhenEmpty: false, extend: true, onSignal: 'flag',
+  };
+  const num = (k, v) => {
+    const n = Number(v);
+    if (v === '' || !Number.isFinite(n) || n < 0) throw new UsageError(`${k}: bad number '${v}'`);
+    return n;
   };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i];
     const v = () => {
-      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
+      if (i + 1 >= argv.length) throw new UsageError(`${k} needs a value`);
       return argv[++i];
     };
-    if (k === '--table') a.table = v();
-    else if (k === '--schema') a.schema = v();
-    else if (k === '--type') a.type = v();
-    else if (k === '--id') a.id = v();
-    else if (k === '--mode') a.mode = v();
-    else if (k === '--work-ms') a.workMs = Number(v());
-    else if (k === '--lease-seconds') a.leaseSeconds = Number(v());
-    else if (k === '--idle-ms') a.idleMs = Number(v());
-    else if (k === '--session-bound') a.sessionBound = true;
-    else if (k === '--exit-when-empty') a.exitWhenEmpty = true;
-    else throw new Error(`unknown option ${k}`);
+    switch (k) {
+      case '-h': case '--help': process.stdout.write(USAGE); process.exit(0); break;
+      case '--db': a.db = v(); break;
+      case '--table': a.table = v(); break;
+      case '--schema': a.schema = v(); break;
+      case '--type': a.type = v(); break;
+      case '--id': a.id = v(); break;
+      case '--mode': a.mode = v(); break;
+      case '--work-ms': a.workMs = num(k, v()); break;
+      case '--lease-ms': a.leaseMs = num(k, v()); break;
+      case '--lease-seconds': a.leaseMs = num(k, v()) * 1000; break; // the older name
+      case '--idle-ms': a.idleMs = num(k, v()); break;
+      case '--max-tasks': a.maxTasks = num(k, v()); break;
+      case '--session-bound': a.sessionBound = true; break;
+      case '--no-session-bound': a.sessionBound = false; break;
+      case '--exit-when-empty': a.exitWhenEmpty = true; break;
+      case '--no-extend': a.extend = false; break;
+      case '--on-signal': a.onSignal = v(); break;
+      default: throw new UsageError(`unknown option '${k}'`);
+    }
   }
-  if (!['auto', 'fenced', 'plain'].includes(a.mode)) throw new Error('bad --mode');
+  if (!['auto', 'fenced', 'plain'].includes(a.mode)) throw new UsageError(`--mode must be auto, fenced or plain, not '${a.mode}'`);
+  if (!['flag', 'exit'].includes(a.onSignal)) throw new UsageError(`--on-signal must be flag or exit, not '${a.onSignal}'`);
+  if (a.leaseMs < 1000) throw new UsageError('--lease-ms must be at least 1000');
   return a;
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// Stands for the real work: takes `ms`, extending the lease every half lease so
-// that a long task keeps its row.
-async function work(queue, task, ms) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const left = end - Date.now();
-    if (left <= 0) return;
-    await sleep(Math.min(left, queue.leaseMs / 2));
-    if (end - Date.now() > 0) await queue.extend(task);
+// --mode plain: claims with UPDATE ... FOR UPDATE SKIP LOCKED, for an extension
+// without the fenced-lease functions (1.0).
+class PlainQueue {
+  constructor(db, table) {
+    this.db = db;
+    this.name = table;
+  }
+
+  async init() {
+    this.table = (await this.db.query('SELECT $1::regclass::text AS t', [this.name])).rows[0].t; // quoted as needed
+    return this;
+  }
+
+  async claim(workerId, leaseMs) {
+    const r = await this.db.query(
+      `UPDATE ${this.table} SET claimed_by = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+         state = 'claimed', attempts = attempts + 1
+       WHERE id = (SELECT id FROM ${this.table} WHERE state = 'pending' AND claimed_by IS NULL
+                   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+       RETURNING id, run_id, payload`, [workerId, leaseMs]);
+    return r.rows[0] ? { token: null, row: r.rows[0] } : null;
+  }
+
+  async mine(sql, args, task) {
+    if ((await this.db.query(sql, args)).rowCount === 0) throw new StaleLeaseError(`task ${task.row.id} is no longer ours`, null);
+  }
+
+  extend(task, workerId, leaseMs) {
+    return this.mine(`UPDATE ${this.table} SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                      WHERE id = $1 AND claimed_by = $2`, [task.row.id, workerId, leaseMs], task);
+  }
+
+  complete(task, workerId) {
+    return this.mine(`UPDATE ${this.table} SET state = 'done', claimed_by = NULL, lease_expires_at = NULL,
+                        done_by = $2, done_at = now() WHERE id = $1 AND claimed_by = $2`, [task.row.id, workerId], task);
   }
 }
 
-async function main() {
-  const args = parseArgs(process.argv);
-  const workerId = args.id || defaultWorkerId(args.type);
-  const connectionString = process.env.DATABASE_URL;
-  log(`Worker starting up worker_id=${workerId} pid=${process.pid}`);
+// The extension's fenced leases, through the package's LeaseTable.
+class FencedQueue {
+  constructor(db, table, schema) {
+    this.leases = new LeaseTable(db, table, { schema });
+  }
+
+  async init() {
+    await this.leases.resolve();
+    return this;
+  }
+
+  async claim(workerId, leaseMs) {
+    const [lease] = await this.leases.claim(workerId, { leaseSeconds: leaseMs / 1000, filter: { state: 'pending' }, set: { state: 'claimed' } });
+    return lease || null;
+  }
+
+  extend(task, workerId, leaseMs) {
+    return this.leases.extend(task.token, { leaseSeconds: leaseMs / 1000 });
+  }
+
+  complete(task, workerId) {
+    return this.leases.complete(task.token, { state: 'done', done_by: workerId, done_at: 'now' });
+  }
+}
+
+// Stands for the real work: takes --work-ms, extending the lease every half
+// lease so that a long task keeps its row.
+async function work(queue, task, args, workerId) {
+  const end = Date.now() + args.workMs;
+  for (;;) {
+    const left = end - Date.now();
+    if (left <= 0) return;
+    await sleep(Math.min(left, args.leaseMs / 2));
+    if (args.extend && end - Date.now() > 0) await queue.extend(task, workerId, args.leaseMs);
+  }
+}
+
+async function main(args) {
   const heartbeat = new WorkerHeartbeat({
-    workerId, workerType: args.type, connectionString, schema: args.schema, sessionBound: args.sessionBound,
+    workerId: args.id || undefined, workerType: args.type, connectionString: args.db || undefined, schema: args.schema,
+    sessionBound: args.sessionBound, onSignal: args.onSignal, logger: { info: log, warn: log },
   });
+  const { workerId } = heartbeat;
+  log(`Worker starting up worker_id=${workerId} pid=${process.pid}`);
   heartbeat.start();
   let db = null;
   let queue = null;
@@ -266,32 +186,36 @@ async function main() {
     while (!heartbeat.stopRequested) {
       try {
         if (!db) {
-          db = new Client({ connectionString: connectionString || undefined, application_name: `worker ${workerId}`.slice(0, 63) });
+          db = new Client({ connectionString: args.db || undefined, application_name: `worker ${workerId}`.slice(0, 63) });
           db.on('error', () => {}); // a dropped connection surfaces on the next query
           await db.connect();
-          queue = await new Queue(db, { ...args, workerId }).init();
-          log(`mode=${queue.fenced ? 'fenced' : 'plain'}`);
+          const fn = `${'"' + args.schema.replace(/"/g, '""') + '"'}.claim_leases(anyelement,text,integer,interval,jsonb,jsonb)`;
+          const fenced = args.mode === 'fenced'
+            || (args.mode === 'auto' && (await db.query('SELECT to_regprocedure($1) IS NOT NULL AS f', [fn])).rows[0].f);
+          queue = await (fenced ? new FencedQueue(db, args.table, args.schema) : new PlainQueue(db, args.table)).init();
+          log(`mode=${fenced ? 'fenced' : 'plain'}`);
         }
-        const task = await queue.claim();
+        const task = await queue.claim(workerId, args.leaseMs);
         if (!task) {
           heartbeat.markIdle();
           if (args.exitWhenEmpty) break;
           await sleep(args.idleMs);
           continue;
         }
-        heartbeat.updateTask(task.run_id, `Researching: ${task.payload}`, 'processing');
-        log(`claimed task ${task.id}${task.token ? ` token ${task.token}` : ''}`);
+        heartbeat.updateTask(task.row.run_id, `Researching: ${task.row.payload}`, 'processing');
+        log(`claimed task ${task.row.id}${task.token !== null ? ` token ${task.token}` : ''}`);
         try {
-          await work(queue, task, args.workMs); // the real work
-          await queue.complete(task);
+          await work(queue, task, args, workerId); // the real work
+          await queue.complete(task, workerId);
           done += 1;
-          log(`completed task ${task.id}`);
+          log(`completed task ${task.row.id}`);
         } catch (e) {
-          if (!(e instanceof StaleLease)) throw e;
-          log(`lost the lease of task ${task.id}: ${e.message}`);
+          if (!(e instanceof StaleLeaseError)) throw e;
+          log(`lost the lease of task ${task.row.id}: ${e.message}`);
         } finally {
           heartbeat.markIdle();
         }
+        if (args.maxTasks && done >= args.maxTasks) break;
       } catch (e) {
         // SQL errors (e.code set, not a connection class) are bugs: give up.
         if (e.code && !/^(08|57P0)/.test(e.code)) throw e;
@@ -309,7 +233,23 @@ async function main() {
   }
 }
 
-main().then(() => process.exit(0), (e) => {
+let args;
+try {
+  args = parseArgs(process.argv);
+} catch (e) {
+  if (!(e instanceof UsageError)) throw e;
+  console.error(`worker.js: ${e.message} (try --help)`);
+  process.exit(2);
+}
+try {
+  ({ Client } = require('pg'));
+  ({ WorkerHeartbeat, LeaseTable, StaleLeaseError } = require('worker-heartbeat'));
+} catch (e) {
+  if (e.code !== 'MODULE_NOT_FOUND') throw e;
+  console.error(`worker.js: ${e.message.split('\n')[0]}: run \`npm ci\` in ${__dirname} first`);
+  process.exit(2);
+}
+main(args).then(() => process.exit(0), (e) => {
   console.error(`worker: ${e.stack || e}`);
   process.exit(1);
 });

@@ -1,4 +1,5 @@
-# The Python example worker (examples/python/worker.py, psycopg 3 from Debian's
+# The Python example worker (examples/python/worker.py, a thin user of the
+# worker_heartbeat package in clients/python; psycopg 3 from Debian's
 # python3-psycopg) against a preloaded cluster: workers claim and complete
 # tasks; one killed with SIGKILL while it holds a lease (not session-bound)
 # is dead after its type's dead_after and its lease goes back to the queue.
@@ -8,6 +9,7 @@ use FindBin;
 use lib "$FindBin::Bin/../../examples/tap";
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run ();
 use WorkerTap;
 
 my $python = '/usr/bin/python3';    # Debian's, where python3-psycopg lives
@@ -15,11 +17,20 @@ ok(run_log([ $python, '-c', 'import psycopg' ]), 'psycopg 3 is importable by /us
   or BAIL_OUT('install python3-psycopg');
 my $script = "$WorkerTap::ROOT/examples/python/worker.py";
 
+# --help explains every option (issue 15); the old option names still work.
+my ($help_out, $help_err) = ('', '');
+ok(IPC::Run::run([ $python, $script, '--help' ], '<', \undef, '>', \$help_out, '2>', \$help_err),
+	'worker.py --help exits 0');
+like($help_out, qr/--work-ms N\s+milliseconds of simulated work per task/, '--help describes the options');
+is($help_err, '', '--help writes nothing on stderr');
+like(slurp_file($script), qr/^from worker_heartbeat import /m, 'the example imports the worker_heartbeat package');
+
 my $node = WorkerTap::cluster('worker_python');
 my $fenced = WorkerTap::fenced($node);
 my %env = WorkerTap::worker_env($node, WORKER_HEARTBEAT_INTERVAL => '0.5', PYTHONUNBUFFERED => '1');
 
-# Phase 1: three workers share 20 tasks (ids from $COMPANY_RESEARCH_WORKER_ID, as in the seed).
+# Phase 1: three workers share 20 tasks (ids from $COMPANY_RESEARCH_WORKER_ID, as in the seed;
+# --work-seconds is the old name of --work-ms, kept as an alias).
 WorkerTap::run_to_completion(
 	node => $node,
 	lang => 'python',
@@ -38,7 +49,7 @@ my ($task) = WorkerTap::kill_and_recover(
 	node => $node,
 	lang => 'python',
 	id => 'py-victim',
-	cmd => [ $python, $script, '--id', 'py-victim', '--work-seconds', '600' ],
+	cmd => [ $python, $script, '--id', 'py-victim', '--work-ms', '600000' ],
 	env => \%env,
 	cause => 'heartbeat_timeout',
 	min_seconds => 1.4,    # dead_after minus one heartbeat interval, minus slack
@@ -50,7 +61,7 @@ WorkerTap::finish_orphan(
 	lang => 'python',
 	task => $task,
 	id => 'py-rescuer',
-	cmd => [ $python, $script, '--id', 'py-rescuer', '--work-seconds', '0.01', '--exit-when-empty', '--session-bound' ],
+	cmd => [ $python, $script, '--id', 'py-rescuer', '--work-ms', '10', '--exit-when-empty', '--session-bound' ],
 	env => \%env);
 
 # A session-bound Python worker killed with SIGKILL: back within about a second.
@@ -59,7 +70,7 @@ WorkerTap::kill_and_recover(
 	node => $node,
 	lang => 'python-bound',
 	id => 'py-bound-victim',
-	cmd => [ $python, $script, '--id', 'py-bound-victim', '--work-seconds', '600', '--session-bound' ],
+	cmd => [ $python, $script, '--id', 'py-bound-victim', '--work-ms', '600000', '--session-bound' ],
 	env => \%env,
 	cause => 'session_ended',
 	max_seconds => 1.5);
@@ -69,7 +80,7 @@ WorkerTap::long_task(
 	node => $node,
 	lang => 'python',
 	id => 'py-long',
-	cmd => [ $python, $script, '--id', 'py-long', '--lease-seconds', '1', '--work-seconds', '3', '--exit-when-empty' ],
+	cmd => [ $python, $script, '--id', 'py-long', '--lease-ms', '1000', '--work-ms', '3000', '--exit-when-empty' ],
 	env => \%env);
 
 # The schema is configurable and quoted.
@@ -77,7 +88,7 @@ WorkerTap::quoted_schema(
 	node => $node,
 	lang => 'python',
 	id => 'py-quoted',
-	cmd => [ $python, $script, '--schema', 'Worker HB', '--id', 'py-quoted', '--work-seconds', '0.01', '--exit-when-empty' ],
+	cmd => [ $python, $script, '--schema', 'Worker HB', '--id', 'py-quoted', '--work-ms', '10', '--exit-when-empty' ],
 	env => \%env);
 
 $node->stop;

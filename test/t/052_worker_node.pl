@@ -1,36 +1,68 @@
-# The Node.js example worker (examples/node/worker.js, the pg package pinned in
+# The Node.js example worker (examples/node/worker.js, a thin user of the
+# worker-heartbeat package in clients/node, installed by `npm ci` from
 # examples/node/package-lock.json) against a preloaded cluster: workers claim
 # and complete tasks; one killed with SIGKILL while it holds a lease
 # (session-bound) has its lease back within about a second.
 use strict;
 use warnings;
-use File::Copy qw(copy);
 use FindBin;
 use lib "$FindBin::Bin/../../examples/tap";
+use IPC::Run ();
 use PostgreSQL::Test::Utils;
 use Test::More;
 use WorkerTap;
 
 ok(run_log([ 'node', '--version' ]), 'node is installed') or BAIL_OUT('install nodejs');
 
-# node_modules: use examples/node's if present; else `npm ci` there when we may
-# write it, else in a private copy (the suite may run as another user).
-my $dir = "$WorkerTap::ROOT/examples/node";
-if (!-d "$dir/node_modules/pg")
+my $src = "$WorkerTap::ROOT/examples/node";
+
+# --help works before `npm ci`, explains every option, and prints no stack trace (issue 15).
+my ($out, $err) = ('', '');
+ok(IPC::Run::run([ 'node', "$src/worker.js", '--help' ], '<', \undef, '>', \$out, '2>', \$err),
+	'node worker.js --help exits 0');
+like($out, qr/--work-ms N\s+milliseconds of simulated work per task/, '--help describes the options');
+is($err, '', '--help writes nothing on stderr');
+($out, $err) = ('', '');
+IPC::Run::run([ 'node', "$src/worker.js", '--no-such-option' ], '<', \undef, '>', \$out, '2>', \$err);
+is($? >> 8, 2, 'an unknown option exits 2');
+like($err, qr/^worker\.js: unknown option '--no-such-option' \(try --help\)$/, 'with one line, no stack trace');
+
+# The same option names in Python and Node (the old Python names are hidden aliases).
+my %help;
+for my $cmd ([ node => 'node', "$src/worker.js" ], [ python => '/usr/bin/python3', "$WorkerTap::ROOT/examples/python/worker.py" ])
 {
-	if (!-w $dir)
-	{
-		my $copy = PostgreSQL::Test::Utils::tempdir('node_worker');
-		copy("$dir/$_", "$copy/$_") or die "copy $_: $!" for qw(package.json package-lock.json worker.js);
-		$dir = $copy;
-	}
-	local $ENV{npm_config_cache} = PostgreSQL::Test::Utils::tempdir('npm_cache')
-	  unless -w ($ENV{HOME} // '/nonexistent');
-	local $ENV{npm_config_update_notifier} = 'false';
-	my $cmd = "cd '$dir' && (npm ci --offline --no-audit --no-fund || npm ci --no-audit --no-fund)";
-	ok(run_log([ 'sh', '-c', $cmd ]), "npm ci in $dir") or BAIL_OUT('npm ci failed');
+	my ($lang, @argv) = @$cmd;
+	my $text = '';
+	IPC::Run::run([ @argv, '--help' ], '<', \undef, '>', \$text);
+	$text =~ s/^Environment.*//ms;    # the epilogue names the old aliases
+	$help{$lang} = join(' ', sort keys %{ { map { $_ => 1 } $text =~ /(--[a-z][a-z-]*)/g } });
 }
-ok(-d "$dir/node_modules/pg", 'the pg package is installed from the lockfile');
+is($help{node}, $help{python}, "worker.js and worker.py take the same options ($help{node})");
+
+# node_modules: `npm ci` in examples/node (it installs clients/node as a copy,
+# so always afresh), in a private copy of both when the tree is not writable.
+# npm's cache lives beside the test's copy of the tree: kept between runs.
+local $ENV{npm_config_update_notifier} = 'false';
+local $ENV{npm_config_fund} = 'false';
+local $ENV{npm_config_audit} = 'false';
+my $cache = "$WorkerTap::ROOT/../npm-cache";
+mkdir $cache unless -d $cache;
+local $ENV{npm_config_cache} = $cache if -d $cache && -w $cache;
+my $dir = $src;
+if (!-w $dir || !-w "$WorkerTap::ROOT/clients/node")
+{
+	my $copy = PostgreSQL::Test::Utils::tempdir('node_worker');
+	mkdir "$copy/examples";
+	mkdir "$copy/clients";
+	system('cp', '-a', $src, "$copy/examples/node") == 0 or die "cp: $!";
+	system('cp', '-a', "$WorkerTap::ROOT/clients/node", "$copy/clients/node") == 0 or die "cp: $!";
+	$dir = "$copy/examples/node";
+}
+ok(run_log([ 'sh', '-c', "cd '$dir' && (npm ci --offline || npm ci --prefer-offline)" ]), "npm ci in $dir")
+  or BAIL_OUT('npm ci failed');
+ok(-f "$dir/node_modules/pg/package.json" && -f "$dir/node_modules/worker-heartbeat/lib/index.cjs",
+	'pg and worker-heartbeat are installed from the lockfile');
+like(slurp_file("$dir/worker.js"), qr/require\('worker-heartbeat'\)/, 'the example uses the worker-heartbeat package');
 my $script = "$dir/worker.js";
 
 my $node = WorkerTap::cluster('worker_node');
@@ -77,7 +109,7 @@ WorkerTap::long_task(
 	lang => 'node',
 	id => 'node-long',
 	dir => $dir,
-	cmd => [ 'node', $script, '--id', 'node-long', '--lease-seconds', '1', '--work-ms', '3000', '--exit-when-empty' ],
+	cmd => [ 'node', $script, '--id', 'node-long', '--lease-ms', '1000', '--work-ms', '3000', '--exit-when-empty' ],
 	env => \%env);
 
 # The schema is configurable and quoted.
