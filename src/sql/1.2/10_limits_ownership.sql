@@ -101,7 +101,7 @@ $$;
 -- worker_heartbeat.shared_worker_ids is on. NULL (workers from before 1.2):
 -- the next role that beats it adopts it. regrole, so that a dump keeps the
 -- role's name, not its oid.
-ALTER TABLE @extschema@.worker_heartbeats ADD COLUMN owner_role regrole;
+ALTER TABLE @extschema@.worker_heartbeats ADD COLUMN owner_role pg_catalog.regrole;
 COMMENT ON COLUMN @extschema@.worker_heartbeats.owner_role IS
     'The role the worker belongs to (the first caller of upsert_worker_heartbeat); NULL: not yet adopted.';
 -- Counts a role's workers (worker_heartbeat.max_workers_per_role); never
