@@ -178,7 +178,9 @@ void CheckWorkersPerRole(const catalog::Extension &ext, const Caller &c)
 	Datum values[1] = {ObjectIdGetDatum(c.role)};
 	char *sql = psprintf("SELECT pg_catalog.count(*) FROM %s WHERE owner_role OPERATOR(pg_catalog.=) $1",
 	                     catalog::Qualified(ext, "worker_heartbeats"));
-	spi::Run(spi::Plan(sql, 1, types), values, nullptr, true);
+	// Not read-only: it must see the workers this statement has just created
+	// (SELECT upsert_worker_heartbeat(...) FROM generate_series(...)).
+	spi::Run(spi::Plan(sql, 1, types), values, nullptr, false);
 	bool isnull = false;
 	int64 n = DatumGetInt64(spi::Column(0, 1, &isnull));
 	if (n >= settings::max_workers_per_role)
