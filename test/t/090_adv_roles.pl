@@ -450,7 +450,21 @@ sub update_with_bad_rows
 		'ok', "$label: its role beats it");
 	is($u->("SELECT owner_role FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'legacy-1'"), 'upd_team',
 		"$label: and owns it");
+	# Dump and restore keep the owner (by name) and the constraints.
+	my $dump = $node->basedir . '/upd.dump';
+	$node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('upd') ], "$label: pg_dump");
+	$node->safe_psql('postgres', 'CREATE DATABASE upd_restored');
+	$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('upd_restored'), $dump ],
+		"$label: pg_restore");
+	is($node->safe_psql('upd_restored',
+			"SELECT owner_role FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'legacy-1'"),
+		'upd_team', "$label: the restored worker keeps its owner");
+	is(sqlstate_of($node, 'upd_restored', '',
+			"INSERT INTO pm_pipeline.worker_heartbeats (worker_id, worker_type) VALUES (repeat('x', 300), 't')"),
+		'23514', "$label: the restored tables keep the constraints");
+	$node->safe_psql('upd_restored', 'SELECT pm_pipeline.stop_reaper()');
 	$node->safe_psql('postgres', 'DROP DATABASE upd WITH (FORCE)');
+	$node->safe_psql('postgres', 'DROP DATABASE upd_restored WITH (FORCE)');
 }
 
 my $pre = PostgreSQL::Test::Cluster->new('adv_roles_pre');
