@@ -54,7 +54,8 @@ SELECT (SELECT array_agg(attname ORDER BY attnum) FROM pg_attribute
          WHERE attrelid = 'pm_pipeline.v_dead_workers'::regclass AND attnum > 0)
      = (SELECT array_agg(attname ORDER BY attnum) FROM pg_attribute
          WHERE attrelid = 'pm_pipeline.v_active_workers'::regclass AND attnum > 0) AS same_columns;
-SELECT count(*) AS table_columns_missing_from_view
+-- (owner_role, 1.2, stays in the table: the views keep the seed's columns.)
+SELECT string_agg(t.attname, ', ') AS table_columns_missing_from_view
   FROM pg_attribute t
  WHERE t.attrelid = 'pm_pipeline.worker_heartbeats'::regclass AND t.attnum > 0 AND NOT t.attisdropped
    AND NOT EXISTS (SELECT 1 FROM pg_attribute v
@@ -171,3 +172,62 @@ ROLLBACK;
 SELECT count(*) AS ghosts FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'ghost';
 SELECT pm_pipeline.upsert_worker_heartbeat('ghost', 'ghosts');
 SELECT count(*) AS ghosts FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'ghost';
+
+-- 1.2 limits (issue 13 item 1, issue 12 items 5 and 9). Every refusal is a
+-- clear error that changes nothing.
+-- Ids and types: at most 200 bytes, not blank, also for rows written behind
+-- the API's back (the reaper's shared-memory cache relies on it).
+SELECT * FROM pg_temp.error_of($$INSERT INTO pm_pipeline.worker_heartbeats (worker_id, worker_type)
+                                VALUES (repeat('x', 201), 't')$$);
+SELECT * FROM pg_temp.error_of($$INSERT INTO pm_pipeline.worker_heartbeats (worker_id, worker_type)
+                                VALUES ('ok', E' \t')$$);
+SELECT * FROM pg_temp.error_of($$INSERT INTO pm_pipeline.worker_types VALUES (repeat('é', 101), '1 minute')$$);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.set_worker_type_dead_after(repeat('t', 201), '1 minute')$$);
+INSERT INTO pm_pipeline.worker_heartbeats (worker_id, worker_type) VALUES (repeat('ü', 100), 't');
+DELETE FROM pm_pipeline.worker_heartbeats WHERE worker_id = repeat('ü', 100);
+
+-- dead_after: positive and at most 10 years; beyond, deadlines overflow.
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.set_worker_type_dead_after('t', '100000000 years')$$);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.set_worker_type_dead_after('t', '10 years 1 second')$$);
+SELECT * FROM pg_temp.error_of($$INSERT INTO pm_pipeline.worker_types VALUES ('t', '11 years')$$);
+SELECT pm_pipeline.set_worker_type_dead_after('t', '10 years');
+SELECT dead_after FROM pm_pipeline.worker_types WHERE worker_type = 't';
+SELECT pm_pipeline.set_worker_type_dead_after('t', NULL);
+SELECT count(*) AS views_still_work FROM pm_pipeline.worker_liveness;
+
+-- current_task: worker_heartbeat.max_task_bytes (1 kB); metadata:
+-- worker_heartbeat.max_metadata_bytes (64 kB, jsonb size, after merging).
+SHOW worker_heartbeat.max_task_bytes;
+SHOW worker_heartbeat.max_metadata_bytes;
+SELECT pm_pipeline.upsert_worker_heartbeat('sized', 'sizes', p_current_task => repeat('t', 1024));
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.upsert_worker_heartbeat('sized', 'sizes', p_current_task => repeat('t', 2 * 1024 * 1024))$$);
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.upsert_worker_heartbeat('sized', 'sizes', p_metadata => jsonb_build_object('blob', repeat('m', 2 * 1024 * 1024)))$$);
+-- Each part small, the merged whole too large:
+SELECT pm_pipeline.upsert_worker_heartbeat('sized', 'sizes', p_metadata => jsonb_build_object('a', repeat('m', 40000)));
+SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.upsert_worker_heartbeat('sized', 'sizes', p_metadata => jsonb_build_object('b', repeat('m', 40000)))$$);
+SELECT octet_length(current_task) AS task_bytes, metadata ? 'a' AS has_a, metadata ? 'b' AS has_b
+  FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'sized';
+-- A superuser setting (a worker role cannot lift it for itself).
+SELECT context FROM pg_settings WHERE name IN ('worker_heartbeat.max_task_bytes', 'worker_heartbeat.max_metadata_bytes',
+    'worker_heartbeat.max_workers_per_role', 'worker_heartbeat.shared_worker_ids') ORDER BY name;
+SET worker_heartbeat.max_task_bytes = '4kB';
+SELECT pm_pipeline.upsert_worker_heartbeat('sized', 'sizes', p_current_task => repeat('t', 4096));
+RESET worker_heartbeat.max_task_bytes;
+
+-- 'stopped' through the heartbeat is stop_worker(): its leases are released
+-- at once, and it no longer holds a run, a task or a deadline.
+CREATE TABLE public.hb_jobs (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz);
+SELECT pm_pipeline.register_lease_table('public.hb_jobs');
+SELECT pm_pipeline.upsert_worker_heartbeat('stopper', 'sizes', 'processing', p_current_task => 'job 1',
+                                           p_lease_expires_at => now() + interval '1 hour');
+INSERT INTO public.hb_jobs VALUES (1, 'stopper', now() + interval '1 hour'), (2, 'other', now() + interval '1 hour');
+SELECT pm_pipeline.upsert_worker_heartbeat('stopper', 'sizes', 'stopped', p_current_task => 'job 1');
+SELECT status, current_task, lease_expires_at, session_pid FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'stopper';
+SELECT id, claimed_by, lease_expires_at IS NULL AS no_deadline FROM public.hb_jobs ORDER BY id;
+SELECT event, worker_id, table_name, released_count FROM pm_pipeline.worker_events
+ WHERE worker_id = 'stopper' ORDER BY event_id;
+-- Stopped again: no second 'stopped' event.
+SELECT pm_pipeline.upsert_worker_heartbeat('stopper', 'sizes', 'stopped');
+SELECT count(*) AS stopped_events FROM pm_pipeline.worker_events WHERE worker_id = 'stopper' AND event = 'stopped';
+SELECT pm_pipeline.unregister_lease_table('public.hb_jobs');
+DROP TABLE public.hb_jobs;

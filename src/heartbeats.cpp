@@ -9,14 +9,24 @@
 #include "reaper.hpp"
 #include "reaper_registry.hpp"
 #include "session_watch.hpp"
+#include "settings.hpp"
 #include "spi_plans.hpp"
 
 #include <cstring>
 #include <string_view>
 
 extern "C" {
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "storage/ipc.h"
+#include "utils/acl.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/uuid.h"
 }
 
@@ -55,6 +65,9 @@ uint64 DigestOf(const HeartbeatArgs &a)
 	else
 		digest.AddNull();
 	digest.AddBool(a.session_bound);
+	// The calling role: another role's heartbeat never takes the fast path,
+	// so it always meets the ownership check of the slow one.
+	digest.AddInt64(static_cast<int64>(GetUserId()));
 	return digest.Value();
 }
 
@@ -84,6 +97,116 @@ void EnsureReaper(TimestampTz now)
 		reaper::StartForDatabase(MyDatabaseId, false);
 }
 
+// --- who called, and acting as the extension's owner -------------------------
+// upsert_worker_heartbeat and stop_worker are SECURITY INVOKER from 1.2 on:
+// they note their caller, then switch to the extension's owner themselves to
+// write our tables (which have no write policies). Under the 1.0/1.1
+// declarations (SECURITY DEFINER, no owner_role column) the caller is the
+// definer and ownership is not checked.
+struct Caller {
+	Oid role;        // GetUserId() on entry
+	Oid ext_owner;   // pg_extension.extowner
+	bool owned_rows; // worker_heartbeats has owner_role (1.2)
+	Oid saved_user;
+	int saved_context;
+};
+
+Oid ExtensionOwner(Oid ext_oid)
+{
+	Relation rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext_oid));
+	SysScanDesc scan = systable_beginscan(rel, ExtensionOidIndexId, true, nullptr, 1, &key);
+	HeapTuple tuple = systable_getnext(scan);
+	Oid owner = HeapTupleIsValid(tuple) ? reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->extowner : InvalidOid;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
+		elog(ERROR, "worker_heartbeat: extension %u not found", ext_oid);
+	return owner;
+}
+
+Caller BecomeExtensionOwner(const catalog::Extension &ext)
+{
+	Caller c{};
+	GetUserIdAndSecContext(&c.saved_user, &c.saved_context);
+	c.role = c.saved_user;
+	c.ext_owner = ExtensionOwner(ext.oid);
+	Oid rel = get_relname_relid("worker_heartbeats", ext.schema);
+	c.owned_rows = OidIsValid(rel) && get_attnum(rel, "owner_role") != InvalidAttrNumber;
+	if (c.role != c.ext_owner)
+		SetUserIdAndSecContext(c.ext_owner, c.saved_context | SECURITY_LOCAL_USERID_CHANGE);
+	return c;
+}
+
+// On error, the (sub)transaction's abort restores the user.
+void RestoreCaller(const Caller &c)
+{
+	SetUserIdAndSecContext(c.saved_user, c.saved_context);
+}
+
+const char *RoleName(Oid role)
+{
+	char *name = GetUserNameFromId(role, true);
+	return name ? name : psprintf("(dropped role %u)", role);
+}
+
+// A worker is acted on (beaten, stopped, retyped, revived, rewritten) only by
+// its owner role, a member of it, or a member of the extension's owner.
+void CheckMayActOn(const Caller &c, text *worker_id, Oid owner, const char *action)
+{
+	if (!c.owned_rows || settings::shared_worker_ids || !OidIsValid(owner))
+		return;
+	if (has_privs_of_role(c.role, owner) || has_privs_of_role(c.role, c.ext_owner))
+		return;
+	const char *owner_name = RoleName(owner);
+	const char *caller_name = RoleName(c.role);
+	ereport(ERROR,
+	        (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+	         errmsg("worker \"%s\" belongs to role \"%s\"", text_to_cstring(worker_id), owner_name),
+	         errdetail("Role \"%s\" may not %s it: only its owner role, members of that role and superusers may.",
+	                   caller_name, action),
+	         errhint("Use a worker_id of your own, or GRANT %s TO %s. A superuser can set "
+	                 "worker_heartbeat.shared_worker_ids = on to let every role act on every worker.",
+	                 quote_identifier(owner_name), quote_identifier(caller_name))));
+}
+
+void CheckWorkersPerRole(const catalog::Extension &ext, const Caller &c)
+{
+	if (!c.owned_rows || settings::max_workers_per_role <= 0)
+		return;
+	static const Oid types[1] = {OIDOID};
+	Datum values[1] = {ObjectIdGetDatum(c.role)};
+	char *sql = psprintf("SELECT pg_catalog.count(*) FROM %s WHERE owner_role OPERATOR(pg_catalog.=) $1",
+	                     catalog::Qualified(ext, "worker_heartbeats"));
+	// Not read-only: it must see the workers this statement has just created
+	// (SELECT upsert_worker_heartbeat(...) FROM generate_series(...)).
+	spi::Run(spi::Plan(sql, 1, types), values, nullptr, false);
+	bool isnull = false;
+	int64 n = DatumGetInt64(spi::Column(0, 1, &isnull));
+	if (n >= settings::max_workers_per_role)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+		                errmsg("role \"%s\" already owns %lld workers", RoleName(c.role), static_cast<long long>(n)),
+		                errdetail("worker_heartbeat.max_workers_per_role is %d; stopped and dead workers count "
+		                          "until they are removed.",
+		                          settings::max_workers_per_role),
+		                errhint("Reuse worker ids, remove old workers with cleanup_stale_workers(), or ask a "
+		                        "superuser to raise worker_heartbeat.max_workers_per_role.")));
+}
+
+void CheckMetadataSize(int64 bytes, bool merged)
+{
+	if (bytes <= settings::max_metadata_bytes)
+		return;
+	ereport(ERROR, (errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+	                merged ? errmsg("metadata would grow to %lld bytes", static_cast<long long>(bytes))
+	                       : errmsg("metadata is too large (%lld bytes)", static_cast<long long>(bytes)),
+	                errdetail("worker_heartbeat.max_metadata_bytes is %d (jsonb size, after merging with the stored "
+	                          "metadata).",
+	                          settings::max_metadata_bytes),
+	                errhint("Keep metadata small (versions, host names) and large data in a table of your own.")));
+}
+
 struct Previous {
 	bool found;
 	bool inserted;
@@ -91,6 +214,8 @@ struct Previous {
 	char *worker_type;
 	bool bound_elsewhere;
 	int32 bound_pid;
+	Oid owner;            // owner_role before the write (InvalidOid: none, or no such column)
+	int64 metadata_bytes; // size of the merged metadata when p_metadata was given, else -1
 };
 
 // $1 id, $2 type, $3 status, $4 run, $5 task, $6 lease deadline, $7 metadata,
@@ -130,68 +255,82 @@ void FillBeatArgs(const HeartbeatArgs &a, TimestampTz now, Datum *values, char *
 // and only when every other argument equals what the row already holds (a
 // live worker, bound to this very session if p_session_bound). Anything else
 // is left to WriteRow(). A plain statement, cheap to plan and HOT to apply.
-bool TouchUnchangedRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
+bool TouchUnchangedRow(const catalog::Extension &ext, const Caller &c, const HeartbeatArgs &a, TimestampTz now)
 {
-	constexpr int kArgs = kBeatArgs;
+	// $1-$10 as in FillBeatArgs; $11: the caller, who must own the row.
+	constexpr int kArgs = kBeatArgs + 1;
+	static const Oid types[kArgs] = {TEXTOID,  TEXTOID, TEXTOID,        UUIDOID,        TEXTOID, TIMESTAMPTZOID,
+	                                 JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, OIDOID};
 	Datum values[kArgs];
 	char nulls[kArgs + 1];
 	FillBeatArgs(a, now, values, nulls);
+	values[10] = ObjectIdGetDatum(c.role);
+	nulls[10] = ' ';
+	nulls[11] = '\0';
 	char *sql = psprintf(
 	    "UPDATE %s SET last_heartbeat_at = $10 WHERE worker_id OPERATOR(pg_catalog.=) $1 "
 	    "AND worker_type OPERATOR(pg_catalog.=) $2 AND status OPERATOR(pg_catalog.=) $3 "
 	    "AND current_run_id IS NOT DISTINCT FROM $4 AND current_task IS NOT DISTINCT FROM $5 "
 	    "AND lease_expires_at IS NOT DISTINCT FROM $6 "
 	    "AND ($7::pg_catalog.jsonb IS NULL OR (metadata OPERATOR(pg_catalog.||) $7) OPERATOR(pg_catalog.=) metadata) "
-	    "AND session_pid IS NOT DISTINCT FROM $8 AND session_started_at IS NOT DISTINCT FROM $9",
-	    catalog::Qualified(ext, "worker_heartbeats"));
-	spi::Run(spi::Plan(sql, kArgs, kBeatArgTypes), values, nulls, false);
+	    "AND session_pid IS NOT DISTINCT FROM $8 AND session_started_at IS NOT DISTINCT FROM $9%s",
+	    catalog::Qualified(ext, "worker_heartbeats"), c.owned_rows ? " AND owner_role OPERATOR(pg_catalog.=) $11" : "");
+	spi::Run(spi::Plan(sql, kArgs, types), values, nulls, false);
 	return SPI_processed > 0;
 }
 
-// One row written, or found bound to another session. Returns what was there before.
-Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, TimestampTz now)
+// One row written, or found bound to another session. Returns what was there
+// before. The caller checks ownership and sizes from it and raises, which
+// undoes the write.
+Previous WriteRow(const catalog::Extension &ext, const Caller &c, const HeartbeatArgs &a, TimestampTz now)
 {
-	// $1-$10 as in FillBeatArgs; $11, $12: this session, to compare with the bound one.
-	constexpr int kArgs = kBeatArgs + 2;
-	static const Oid types[kArgs] = {TEXTOID,  TEXTOID, TEXTOID,        UUIDOID,        TEXTOID, TIMESTAMPTZOID,
-	                                 JSONBOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
+	// $1-$10 as in FillBeatArgs; $11, $12: this session, to compare with the
+	// bound one; $13: the caller, owner of a new (or not yet adopted) worker.
+	constexpr int kArgs = kBeatArgs + 3;
+	static const Oid types[kArgs] = {TEXTOID,        TEXTOID,        TEXTOID, UUIDOID,        TEXTOID,
+	                                 TIMESTAMPTZOID, JSONBOID,       INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	                                 INT4OID,        TIMESTAMPTZOID, OIDOID};
 	Datum values[kArgs];
 	char nulls[kArgs + 1];
 	FillBeatArgs(a, now, values, nulls);
 	values[10] = Int32GetDatum(MyProcPid);
 	values[11] = TimestampTzGetDatum(MyStartTimestamp);
-	nulls[10] = nulls[11] = ' ';
-	nulls[12] = '\0';
+	values[12] = ObjectIdGetDatum(c.role);
+	nulls[10] = nulls[11] = nulls[12] = ' ';
+	nulls[13] = '\0';
 
 	const char *table = catalog::Qualified(ext, "worker_heartbeats");
-	// The self-join returns the row as it was: its status (revived? restarted?)
-	// and the session it was bound to.
-	char *update_sql =
-	    psprintf("UPDATE %s AS w SET worker_type = $2, status = $3, current_run_id = $4, current_task = $5, "
-	             "lease_expires_at = $6, "
-	             "metadata = CASE WHEN $7::pg_catalog.jsonb IS NULL THEN w.metadata ELSE w.metadata "
-	             "OPERATOR(pg_catalog.||) $7 END, "
-	             "session_pid = $8, session_started_at = $9, last_heartbeat_at = $10, "
-	             "started_at = CASE WHEN old.status OPERATOR(pg_catalog.=) 'stopped' THEN $10 ELSE w.started_at END, "
-	             "died_at = NULL, death_cause = NULL "
-	             "FROM (SELECT o.status, o.worker_type, o.session_pid, o.session_started_at FROM %s o "
-	             "      WHERE o.worker_id OPERATOR(pg_catalog.=) $1 FOR UPDATE) AS old "
-	             "WHERE w.worker_id OPERATOR(pg_catalog.=) $1 "
-	             "RETURNING old.status, old.worker_type, "
-	             "CASE WHEN old.session_pid IS NOT NULL AND (old.session_pid, old.session_started_at) IS DISTINCT FROM "
-	             "($11, $12) "
-	             "THEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(old.session_pid) s "
-	             "             WHERE s.backend_start OPERATOR(pg_catalog.=) old.session_started_at) ELSE false END, "
-	             "old.session_pid",
-	             table, table);
+	// The self-join returns the row as it was: its status (revived? restarted?),
+	// the session it was bound to and its owner.
+	char *update_sql = psprintf(
+	    "UPDATE %s AS w SET worker_type = $2, status = $3, current_run_id = $4, current_task = $5, "
+	    "lease_expires_at = $6, "
+	    "metadata = CASE WHEN $7::pg_catalog.jsonb IS NULL THEN w.metadata ELSE w.metadata "
+	    "OPERATOR(pg_catalog.||) $7 END, "
+	    "session_pid = $8, session_started_at = $9, last_heartbeat_at = $10, "
+	    "started_at = CASE WHEN old.status OPERATOR(pg_catalog.=) 'stopped' THEN $10 ELSE w.started_at END, "
+	    "died_at = NULL, death_cause = NULL%s "
+	    "FROM (SELECT o.status, o.worker_type, o.session_pid, o.session_started_at, %s AS owner_role FROM %s o "
+	    "      WHERE o.worker_id OPERATOR(pg_catalog.=) $1 FOR UPDATE) AS old "
+	    "WHERE w.worker_id OPERATOR(pg_catalog.=) $1 "
+	    "RETURNING old.status, old.worker_type, "
+	    "CASE WHEN old.session_pid IS NOT NULL AND (old.session_pid, old.session_started_at) IS DISTINCT FROM "
+	    "($11, $12) "
+	    "THEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_get_activity(old.session_pid) s "
+	    "             WHERE s.backend_start OPERATOR(pg_catalog.=) old.session_started_at) ELSE false END, "
+	    "old.session_pid, old.owner_role, "
+	    "CASE WHEN $7::pg_catalog.jsonb IS NULL THEN NULL ELSE w.metadata END",
+	    table, c.owned_rows ? ", owner_role = COALESCE(w.owner_role, $13::pg_catalog.regrole)" : "",
+	    c.owned_rows ? "o.owner_role::pg_catalog.oid" : "NULL::pg_catalog.oid", table);
 	char *insert_sql =
 	    psprintf("INSERT INTO %s AS w (worker_id, worker_type, status, current_run_id, current_task, lease_expires_at, "
-	             "metadata, session_pid, session_started_at, last_heartbeat_at, started_at) "
-	             "VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '{}'::pg_catalog.jsonb), $8, $9, $10, $10) "
+	             "metadata, session_pid, session_started_at, last_heartbeat_at, started_at%s) "
+	             "VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '{}'::pg_catalog.jsonb), $8, $9, $10, $10%s) "
 	             "ON CONFLICT (worker_id) DO NOTHING RETURNING 1",
-	             table);
+	             table, c.owned_rows ? ", owner_role" : "", c.owned_rows ? ", $13::pg_catalog.regrole" : "");
 
 	Previous prev{};
+	prev.metadata_bytes = -1;
 	for (int attempt = 0; attempt < 3; ++attempt) {
 		spi::Run(spi::Plan(update_sql, kArgs, types), values, nulls, false);
 		if (SPI_processed > 0) {
@@ -202,8 +341,15 @@ Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, Timesta
 			prev.bound_elsewhere = DatumGetBool(spi::Column(0, 3, &isnull));
 			Datum pid = spi::Column(0, 4, &isnull);
 			prev.bound_pid = isnull ? 0 : DatumGetInt32(pid);
+			Datum owner = spi::Column(0, 5, &isnull);
+			prev.owner = isnull ? InvalidOid : DatumGetObjectId(owner);
+			Datum metadata = spi::Column(0, 6, &isnull);
+			if (!isnull)
+				prev.metadata_bytes = VARSIZE_ANY_EXHDR(DatumGetJsonbP(metadata));
 			return prev;
 		}
+		if (attempt == 0)
+			CheckWorkersPerRole(ext, c);
 		own_insert_in_progress = true;
 		PG_TRY();
 		{
@@ -221,6 +367,46 @@ Previous WriteRow(const catalog::Extension &ext, const HeartbeatArgs &a, Timesta
 		// Another session inserted the same worker in between: update it.
 	}
 	elog(ERROR, "worker_heartbeat: worker \"%s\" kept changing during its heartbeat", text_to_cstring(a.worker_id));
+}
+
+// The worker is stopped: no run, task, lease deadline or session; its leases
+// are released at once. Returns false when there is no such worker. SPI is
+// connected and we act as the extension's owner.
+bool StopRow(const catalog::Extension &ext, const Caller &c, text *worker_id, TimestampTz now, bool emit_event)
+{
+	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum values[2] = {PointerGetDatum(worker_id), TimestampTzGetDatum(now)};
+	char *sql = psprintf("UPDATE %s SET status = 'stopped', current_run_id = NULL, current_task = NULL, "
+	                     "lease_expires_at = NULL, session_pid = NULL, session_started_at = NULL, "
+	                     "last_heartbeat_at = $2, died_at = NULL, death_cause = NULL "
+	                     "WHERE worker_id OPERATOR(pg_catalog.=) $1 RETURNING worker_type, %s",
+	                     catalog::Qualified(ext, "worker_heartbeats"),
+	                     c.owned_rows ? "owner_role::pg_catalog.oid" : "NULL::pg_catalog.oid");
+	spi::Run(spi::Plan(sql, 2, types), values, nullptr, false);
+	if (SPI_processed == 0)
+		return false;
+	char *worker_type = spi::ColumnText(0, 1);
+	bool isnull = false;
+	Datum owner = spi::Column(0, 2, &isnull);
+	// Before anything is released; the error undoes the update.
+	CheckMayActOn(c, worker_id, isnull ? InvalidOid : DatumGetObjectId(owner), "stop");
+	char *id = text_to_cstring(worker_id);
+	events::Batch *batch = events::Batch::Create();
+	if (emit_event) {
+		events::Event e{};
+		e.event = "stopped";
+		e.worker_id = id;
+		e.worker_type = worker_type;
+		batch->Add(e);
+	}
+	leases::Holder holder{id, -1, -1};
+	leases::ReleaseOptions options{&holder, 1, false, true, "worker_stopped"};
+	leases::ReleaseResult released = leases::ReleaseLeases(ext, options, batch);
+	batch->Flush(ext, now);
+	if (released.released > 0)
+		registry::RecordPass(MyDatabaseId, registry::PassRecord{now, 0, 0, static_cast<uint64>(released.released)});
+	cache::Forget(MyDatabaseId, VARDATA_ANY(worker_id), VARSIZE_ANY_EXHDR(worker_id));
+	return true;
 }
 
 } // namespace
@@ -268,6 +454,15 @@ void Validate(const HeartbeatArgs &a)
 	if (a.metadata && !JB_ROOT_IS_OBJECT(a.metadata))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("metadata must be a JSON object"),
 		                errhint("For example '{\"version\": \"1.2\"}'.")));
+	// Sizes (issue 12 item 9): bounded by superuser settings.
+	if (a.task && static_cast<int64>(VARSIZE_ANY_EXHDR(a.task)) > settings::max_task_bytes)
+		ereport(ERROR, (errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+		                errmsg("current_task is too long (%d bytes)", static_cast<int>(VARSIZE_ANY_EXHDR(a.task))),
+		                errdetail("worker_heartbeat.max_task_bytes is %d.", settings::max_task_bytes),
+		                errhint("Put a short description or an id of the task here, and details in a table of your "
+		                        "own.")));
+	if (a.metadata)
+		CheckMetadataSize(VARSIZE_ANY_EXHDR(a.metadata), false);
 }
 
 void Beat(const HeartbeatArgs &a)
@@ -291,15 +486,20 @@ void Beat(const HeartbeatArgs &a)
 	}
 
 	catalog::Extension ext = catalog::RequireExtension();
+	Caller caller = BecomeExtensionOwner(ext);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
 	// Without the cache, most heartbeats still change nothing but the time.
-	if (live && !cache::Available() && TouchUnchangedRow(ext, a, now)) {
+	if (live && !cache::Available() && TouchUnchangedRow(ext, caller, a, now)) {
 		SPI_finish();
+		RestoreCaller(caller);
 		EnsureReaper(now);
 		return;
 	}
-	Previous prev = WriteRow(ext, a, now);
+	Previous prev = WriteRow(ext, caller, a, now);
+	// Each of these errors undoes the write.
+	if (prev.found)
+		CheckMayActOn(caller, a.worker_id, prev.owner, "heartbeat for");
 	if (prev.bound_elsewhere)
 		ereport(ERROR,
 		        (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -310,6 +510,8 @@ void Beat(const HeartbeatArgs &a)
 		         errhint("Behind a transaction-mode pooler (PgBouncer, Supavisor) every call may land on another "
 		                 "server session: heartbeat with p_session_bound => false there. Otherwise two processes "
 		                 "share this worker_id.")));
+	if (prev.metadata_bytes >= 0)
+		CheckMetadataSize(prev.metadata_bytes, true);
 
 	bool was_live =
 	    prev.found && prev.status && core::ParseStatus(prev.status) && core::IsLive(*core::ParseStatus(prev.status));
@@ -325,7 +527,13 @@ void Beat(const HeartbeatArgs &a)
 		batch->Add(e);
 	}
 	batch->Flush(ext, now);
+	// 'stopped' through the heartbeat is stop_worker(): no run, task or
+	// deadline, and its leases released at once (issue 12).
+	if (status == core::WorkerStatus::Stopped)
+		(void)StopRow(ext, caller, a.worker_id, now,
+		              !(prev.found && prev.status && strcmp(prev.status, "stopped") == 0));
 	SPI_finish();
+	RestoreCaller(caller);
 
 	if (live && (!was_live || (prev.worker_type && strcmp(prev.worker_type, e.worker_type) != 0)))
 		registry::WorkerBecameLive(MyDatabaseId, now);
@@ -345,35 +553,12 @@ bool Stop(text *worker_id)
 	CheckIdentifierArg(worker_id, "worker_id");
 	catalog::Extension ext = catalog::RequireExtension();
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	Caller caller = BecomeExtensionOwner(ext);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
-	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
-	Datum values[2] = {PointerGetDatum(worker_id), TimestampTzGetDatum(now)};
-	char *sql = psprintf("UPDATE %s SET status = 'stopped', current_run_id = NULL, current_task = NULL, "
-	                     "lease_expires_at = NULL, session_pid = NULL, session_started_at = NULL, "
-	                     "last_heartbeat_at = $2, died_at = NULL, death_cause = NULL "
-	                     "WHERE worker_id OPERATOR(pg_catalog.=) $1 RETURNING worker_type",
-	                     catalog::Qualified(ext, "worker_heartbeats"));
-	spi::Run(spi::Plan(sql, 2, types), values, nullptr, false);
-	bool found = SPI_processed > 0;
-	if (found) {
-		char *worker_type = spi::ColumnText(0, 1);
-		char *id = text_to_cstring(worker_id);
-		events::Batch *batch = events::Batch::Create();
-		events::Event e{};
-		e.event = "stopped";
-		e.worker_id = id;
-		e.worker_type = worker_type;
-		batch->Add(e);
-		leases::Holder holder{id, -1, -1};
-		leases::ReleaseOptions options{&holder, 1, false, true, "worker_stopped"};
-		leases::ReleaseResult released = leases::ReleaseLeases(ext, options, batch);
-		batch->Flush(ext, now);
-		if (released.released > 0)
-			registry::RecordPass(MyDatabaseId, registry::PassRecord{now, 0, 0, static_cast<uint64>(released.released)});
-		cache::Forget(MyDatabaseId, VARDATA_ANY(worker_id), VARSIZE_ANY_EXHDR(worker_id));
-	}
+	bool found = StopRow(ext, caller, worker_id, now, true);
 	SPI_finish();
+	RestoreCaller(caller);
 	return found;
 }
 

@@ -22,6 +22,10 @@ const struct config_enum_entry kNotifyPayloadOptions[] = {
 } // namespace
 int session_check_interval_ms = 1000;
 double events_retention_ms = 7.0 * 24 * 3600 * 1000;
+int max_task_bytes = 1024;
+int max_metadata_bytes = 64 * 1024;
+int max_workers_per_role = 10000;
+bool shared_worker_ids = false;
 
 void Define()
 {
@@ -63,6 +67,23 @@ void Define()
 	                         "metrics() counters keep counting the deleted events.", &events_retention_ms,
 	                         events_retention_ms, 0, 100.0 * 365 * 24 * 3600 * 1000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
 	                         nullptr, nullptr);
+	// Limits and the ownership rule: PGC_SUSET, so that a worker role cannot
+	// lift them for itself (a superuser can, or GRANT SET ON PARAMETER).
+	DefineCustomIntVariable("worker_heartbeat.max_task_bytes", "Longest current_task a heartbeat may store, in bytes.",
+	                        nullptr, &max_task_bytes, max_task_bytes, 0, 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE, nullptr,
+	                        nullptr, nullptr);
+	DefineCustomIntVariable("worker_heartbeat.max_metadata_bytes",
+	                        "Largest metadata a worker may store (jsonb size after merging), in bytes.", nullptr,
+	                        &max_metadata_bytes, max_metadata_bytes, 64, 64 * 1024 * 1024, PGC_SUSET, GUC_UNIT_BYTE,
+	                        nullptr, nullptr, nullptr);
+	DefineCustomIntVariable("worker_heartbeat.max_workers_per_role",
+	                        "Most worker ids one role may own (live, stopped or dead); 0 means no limit.", nullptr,
+	                        &max_workers_per_role, max_workers_per_role, 0, INT_MAX, PGC_SUSET, 0, nullptr, nullptr,
+	                        nullptr);
+	DefineCustomBoolVariable("worker_heartbeat.shared_worker_ids",
+	                         "Every role that may call the heartbeat functions may act on every worker.",
+	                         "Off: a worker belongs to the role that created it, its members and superusers.",
+	                         &shared_worker_ids, shared_worker_ids, PGC_SUSET, 0, nullptr, nullptr, nullptr);
 	// A postmaster setting can only be defined while the postmaster loads us:
 	// without shared_preload_libraries there is no cache to size anyway.
 	if (process_shared_preload_libraries_in_progress)

@@ -14,6 +14,11 @@ extern int stale_after_ms;       // worker_heartbeat.stale_after
 extern int pass_lock_timeout_ms; // worker_heartbeat.pass_lock_timeout
 extern int launcher_interval_ms; // worker_heartbeat.launcher_interval
 extern int max_workers;          // worker_heartbeat.max_workers (postmaster)
+// Limits on what one role may store (superuser settings, see docs/security.md).
+extern int max_task_bytes;       // worker_heartbeat.max_task_bytes
+extern int max_metadata_bytes;   // worker_heartbeat.max_metadata_bytes
+extern int max_workers_per_role; // worker_heartbeat.max_workers_per_role (0: no limit)
+extern bool shared_worker_ids;   // worker_heartbeat.shared_worker_ids
 
 // worker_heartbeat.notify_payload: what a NOTIFY on channel "worker_heartbeat"
 // says. Full: every field of the event; Minimal: event, event_id, worker_id
