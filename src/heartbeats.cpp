@@ -590,11 +590,15 @@ int CleanupStale(const catalog::Extension &ext, int64 threshold_us)
 	static const Oid delete_types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
 	Datum delete_values[2] = {PointerGetDatum(construct_array(ids, keep, TEXTOID, -1, false, TYPALIGN_INT)),
 	                          TimestampTzGetDatum(cutoff)};
-	char *delete_sql = psprintf("DELETE FROM %s WHERE worker_id OPERATOR(pg_catalog.=) ANY ($1) "
+	// SKIP LOCKED: a row another transaction holds (a worker coming back, a
+	// stop in flight) is left for the next cleanup; the reaper never waits.
+	char *delete_sql = psprintf("WITH doomed AS (SELECT ctid FROM %s WHERE worker_id OPERATOR(pg_catalog.=) ANY ($1) "
 	                            "AND status OPERATOR(pg_catalog.=) ANY (ARRAY['stopped','dead']) "
 	                            "AND COALESCE(died_at, last_heartbeat_at) OPERATOR(pg_catalog.<) $2 "
-	                            "RETURNING worker_id, worker_type",
-	                            table);
+	                            "FOR UPDATE SKIP LOCKED) "
+	                            "DELETE FROM %s w USING doomed WHERE w.ctid OPERATOR(pg_catalog.=) doomed.ctid "
+	                            "RETURNING w.worker_id, w.worker_type",
+	                            table, table);
 	spi::Run(spi::Plan(delete_sql, 2, delete_types), delete_values, nullptr, false);
 	int removed = static_cast<int>(SPI_processed);
 	events::Batch *batch = events::Batch::Create();
