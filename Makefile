@@ -24,6 +24,10 @@ PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
 EXTRA_CLEAN  = output_iso results regression.diffs regression.out tmp_check
 
 PG_CONFIG ?= pg_config
+# The library's version, from the control file: PG_MODULE_MAGIC_EXT (PG 18+)
+# records it, pg_get_loaded_modules() shows it (src/compat.hpp).
+WH_VERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(EXTENSION).control)
+PG_CPPFLAGS += -DWH_VERSION='"$(WH_VERSION)"'
 PG_CXXFLAGS += -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
                -Wno-register -fno-rtti -Isrc
 SHLIB_LINK  += -lstdc++
