@@ -64,10 +64,10 @@ TEMP_CHECK_CONF = --temp-config=test/temp.conf
 .PHONY: check-temp check-temp-regress check-temp-isolation
 check-temp: check-temp-regress check-temp-isolation
 check-temp-regress: all
-	rm -rf ./tmp_check_temp/regress
+	rm -rf ./tmp_check_temp/regress && mkdir -p ./tmp_check_temp
 	$(pg_regress_installcheck) $(REGRESS_OPTS) --temp-instance=./tmp_check_temp/regress $(TEMP_CHECK_CONF) $(REGRESS)
 check-temp-isolation: all
-	rm -rf ./tmp_check_temp/isolation
+	rm -rf ./tmp_check_temp/isolation && mkdir -p ./tmp_check_temp
 	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) --temp-instance=./tmp_check_temp/isolation $(TEMP_CHECK_CONF) $(ISOLATION)
 
 .PHONY: format
