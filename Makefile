@@ -21,9 +21,13 @@ TAP_TESTS    = 1
 # prove looks for t/ under the current directory; ours live in test/t.
 PROVE_TESTS  = $(sort $(wildcard test/t/*.pl))
 
-EXTRA_CLEAN  = output_iso results regression.diffs regression.out tmp_check
+EXTRA_CLEAN  = output_iso results regression.diffs regression.out tmp_check tmp_check_temp
 
 PG_CONFIG ?= pg_config
+# The library's version, from the control file: PG_MODULE_MAGIC_EXT (PG 18+)
+# records it, pg_get_loaded_modules() shows it (src/compat.hpp).
+WH_VERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(EXTENSION).control)
+PG_CPPFLAGS += -DWH_VERSION='"$(WH_VERSION)"'
 PG_CXXFLAGS += -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
                -Wno-register -fno-rtti -Isrc
 SHLIB_LINK  += -lstdc++
@@ -47,6 +51,24 @@ worker_heartbeat--1.1--1.2.sql: $(SQL_12_PARTS)
 # PGXS links C++ objects with the C compiler's rules; make sure C++ objects
 # are rebuilt when a header changes.
 $(OBJS): $(wildcard src/*.hpp src/core/*.hpp)
+
+# `make installcheck` runs pg_regress, isolation and TAP against an installed
+# server (PGHOST/PGPORT). `make check-temp` runs pg_regress and isolation
+# against a temporary cluster of their own (pg_regress --temp-instance, the
+# way pg_cron's suite uses --temp-config), started with test/temp.conf: the
+# library preloaded. PGXS has no temporary installation for extensions (its
+# `make check` says so), so install into the PG_CONFIG installation first, and
+# run it as a user that may run initdb (not root):
+#   make && sudo make install && make check-temp
+TEMP_CHECK_CONF = --temp-config=test/temp.conf
+.PHONY: check-temp check-temp-regress check-temp-isolation
+check-temp: check-temp-regress check-temp-isolation
+check-temp-regress: all
+	rm -rf ./tmp_check_temp/regress && mkdir -p ./tmp_check_temp
+	$(pg_regress_installcheck) $(REGRESS_OPTS) --temp-instance=./tmp_check_temp/regress $(TEMP_CHECK_CONF) $(REGRESS)
+check-temp-isolation: all
+	rm -rf ./tmp_check_temp/isolation && mkdir -p ./tmp_check_temp
+	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) --temp-instance=./tmp_check_temp/isolation $(TEMP_CHECK_CONF) $(ISOLATION)
 
 .PHONY: format
 format:

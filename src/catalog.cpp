@@ -103,11 +103,7 @@ Oid RelationOwner(Oid relid)
 
 bool IsOwner(Oid relid, Oid roleid)
 {
-#if PG_VERSION_NUM >= 160000
-	return object_ownercheck(RelationRelationId, relid, roleid);
-#else
-	return pg_class_ownercheck(relid, roleid);
-#endif
+	return wh_relation_ownercheck(relid, roleid);
 }
 
 } // namespace wh::catalog

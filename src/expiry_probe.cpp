@@ -96,7 +96,7 @@ bool Fingerprint(Oid relid, uint64 *out)
 	Relation rel = try_relation_open(relid, NoLock);
 	if (!rel)
 		return false;
-	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);
+	TableScanDesc scan = wh_table_beginscan(rel, GetActiveSnapshot(), 0, nullptr);
 	uint64 hash = 0;
 	uint64 rows = 0;
 	HeapTuple tuple;
@@ -336,7 +336,7 @@ int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
 	}
 	ScanKeyData key;
 	ScanKeyInit(&key, 1, BTLessStrategyNumber, F_TIMESTAMPTZ_LT, TimestampTzGetDatum(now));
-	IndexScanDesc scan = index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
+	IndexScanDesc scan = wh_index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
 	index_rescan(scan, &key, 1, nullptr, 0);
 	TupleTableSlot *slot = table_slot_create(rel, nullptr);
 	bool found = index_getnext_slot(scan, ForwardScanDirection, slot);

@@ -8,7 +8,7 @@
 extern "C" {
 #include "storage/ipc.h"
 
-PG_MODULE_MAGIC;
+WH_MODULE_MAGIC;
 
 PGDLLEXPORT void _PG_init(void);
 }

@@ -24,7 +24,5 @@ extern "C" {
 #include "utils/timestamp.h"
 }
 
-// PostgreSQL 15 is the oldest version we build for.
-#if PG_VERSION_NUM < 150000
-#error "worker_heartbeat needs PostgreSQL 15 or newer"
-#endif
+// What differs between PostgreSQL majors (and the oldest one we build for).
+#include "compat.hpp"
