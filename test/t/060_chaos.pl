@@ -398,9 +398,7 @@ is($q->(q{SELECT details->>'cause' FROM pm_pipeline.worker_events WHERE event = 
 # 13.2: the open transaction. The checks above treat it as an outage; these
 # say that nothing had to wait for it.
 ok($held, "a transaction held a live worker's row for $HOLD_S s");
-TODO:
 {
-	local $TODO = 'issue 13 item 2 (bounded reaper statements) is fixed on another branch';
 	my $held_late = $q->(qq{
 		SELECT count(*) FROM chaos.releases r, chaos.outages o
 		 WHERE o.what = 'open transaction' AND r.deadline BETWEEN o.from_at AND o.to_at

@@ -408,15 +408,13 @@ diag("soak: reaper counters: $dead_n declared dead, $released_n released; events
 is($dead_n, $died_events, '13.4: reaper_status().workers_declared_dead = the died events written since it started');
 is($released_n, $released_events, '13.4: reaper_status().leases_released = the leases its events say it released');
 
-# 13.1: a leased row whose holder is 100 kB long, restored at the end (on a
-# branch without the bound on NOTIFY payloads it makes every pass fail with
+# 13.1: a leased row whose holder is 100 kB long, restored at the end (before
+# NOTIFY payloads were bounded it made every pass fail with
 # "payload string too long", which would spoil the soak's other checks).
 my $log_at = -s $node->logfile;
 restore_task(100001, 'x' x 100_000);
 my $passes = query(q{SELECT passes FROM pm_pipeline.reaper_status() WHERE database = current_database()});
-TODO:
 {
-	local $TODO = 'issue 13 item 1 (lengths read from table content: the NOTIFY payload bound) is fixed on another branch';
 	ok(poll_for(q{SELECT NOT EXISTS (SELECT 1 FROM soak.tasks WHERE id = 100001 AND claimed_by IS NOT NULL)}, 15),
 		'13.1: the expired lease of a 100 kB holder is released');
 	ok( poll_for(qq{
