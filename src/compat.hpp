@@ -118,6 +118,16 @@ static inline TableScanDesc wh_table_beginscan(Relation rel, Snapshot snapshot, 
 #endif
 
 // ---------------------------------------------------------------------------
+// Which kind of process this is. PG 17 replaced the global
+// IsBackgroundWorker by MyBackendType and the AmBackgroundWorkerProcess()
+// macro.
+#if WH_PG17_GE
+#define wh_am_background_worker() AmBackgroundWorkerProcess()
+#else
+#define wh_am_background_worker() IsBackgroundWorker
+#endif
+
+// ---------------------------------------------------------------------------
 // Shared memory.
 //
 // Preloaded (shared_preload_libraries): sizes are requested in the

@@ -1,5 +1,7 @@
 #include "expiry_probe.hpp"
 
+#include "compat.hpp"
+
 #include "reaper_registry.hpp"
 #include "spi_plans.hpp"
 
@@ -298,9 +300,9 @@ void Reload(const catalog::Extension &ext, Oid lease_tables)
 		// kind may have changed since registration.
 		if (const char *why = Unfit(t)) {
 			kept.unfit[i] = Keep(why);
-			if (IsBackgroundWorker)
+			if (wh_am_background_worker())
 				registry::SetLastError(MyDatabaseId, why); // reaper_status() shows it
-			ereport(IsBackgroundWorker ? LOG : DEBUG1, (errmsg("worker_heartbeat: %s", why)));
+			ereport(wh_am_background_worker() ? LOG : DEBUG1, (errmsg("worker_heartbeat: %s", why)));
 			continue;
 		}
 		kept.expires_index[i] = FindExpiresIndex(t.relid, t.expires_attnum);

@@ -15,6 +15,7 @@ extern "C" {
 #include "common/int.h"
 #include "portability/instr_time.h"
 #include "utils/array.h"
+#include "utils/guc.h"
 
 PG_FUNCTION_INFO_V1(wh_liveness_view_sql);
 }
