@@ -62,8 +62,16 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $totals$
 BEGIN
+    -- The totals table is found through the schema of the table that fired
+    -- the trigger, not by a name fixed at install time: the extension's schema
+    -- may be renamed (ALTER SCHEMA ... RENAME), and the reaper's events must
+    -- keep flowing. pg_catalog first, so that nothing in that schema can
+    -- stand in for a built-in; the function's own SET restores the path.
+    PERFORM pg_catalog.set_config('search_path',
+        'pg_catalog, ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(TG_TABLE_SCHEMA) OPERATOR(pg_catalog.||) ', pg_temp',
+        true);
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO @extschema@.worker_event_totals AS t (worker_type, retired, deaths, latency_us)
+        INSERT INTO worker_event_totals AS t (worker_type, retired, deaths, latency_us)
         SELECT COALESCE(n.worker_type, ''), false, pg_catalog.count(*),
                pg_catalog.sum((EXTRACT(EPOCH FROM n.detection_latency) OPERATOR(pg_catalog.*) 1000000)::bigint)
           FROM new_rows AS n
@@ -74,7 +82,7 @@ BEGIN
                latency_us = t.latency_us OPERATOR(pg_catalog.+) excluded.latency_us;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         -- Deleted deaths move from live to retired: the sum of the two stays.
-        INSERT INTO @extschema@.worker_event_totals AS t (worker_type, retired, deaths, latency_us)
+        INSERT INTO worker_event_totals AS t (worker_type, retired, deaths, latency_us)
         SELECT d.worker_type, v.retired,
                CASE WHEN v.retired THEN d.n ELSE OPERATOR(pg_catalog.-) d.n END,
                CASE WHEN v.retired THEN d.us ELSE OPERATOR(pg_catalog.-) d.us END
@@ -91,7 +99,7 @@ BEGIN
                latency_us = t.latency_us OPERATOR(pg_catalog.+) excluded.latency_us;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
         -- An edited event counts as what it says now.
-        INSERT INTO @extschema@.worker_event_totals AS t (worker_type, retired, deaths, latency_us)
+        INSERT INTO worker_event_totals AS t (worker_type, retired, deaths, latency_us)
         SELECT c.worker_type, false, pg_catalog.sum(c.n), pg_catalog.sum(c.us)
           FROM (SELECT COALESCE(n.worker_type, '') AS worker_type, 1 AS n,
                        (EXTRACT(EPOCH FROM n.detection_latency) OPERATOR(pg_catalog.*) 1000000)::bigint AS us
@@ -108,15 +116,15 @@ BEGIN
            SET deaths = t.deaths OPERATOR(pg_catalog.+) excluded.deaths,
                latency_us = t.latency_us OPERATOR(pg_catalog.+) excluded.latency_us;
     ELSE -- TRUNCATE: everything live is retired
-        INSERT INTO @extschema@.worker_event_totals AS t (worker_type, retired, deaths, latency_us)
+        INSERT INTO worker_event_totals AS t (worker_type, retired, deaths, latency_us)
         SELECT l.worker_type, true, l.deaths, l.latency_us
-          FROM @extschema@.worker_event_totals AS l
+          FROM worker_event_totals AS l
          WHERE NOT l.retired
          ORDER BY 1
         ON CONFLICT (worker_type, retired) DO UPDATE
            SET deaths = t.deaths OPERATOR(pg_catalog.+) excluded.deaths,
                latency_us = t.latency_us OPERATOR(pg_catalog.+) excluded.latency_us;
-        DELETE FROM @extschema@.worker_event_totals WHERE NOT retired;
+        DELETE FROM worker_event_totals WHERE NOT retired;
     END IF;
     RETURN NULL;
 END
