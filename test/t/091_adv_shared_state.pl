@@ -117,10 +117,12 @@ $node->safe_psql('postgres', qq{
 	COMMIT;
 	SELECT pm_pipeline.start_reaper();
 });
-# Through COPY as well.
+# Through COPY as well. Its type is 'fast' (dead_after 1 s): silence is
+# counted from the server's start at the earliest, so a type without an
+# override would wait out the default 5 minutes.
 $node->safe_psql('postgres',
 	"COPY pm_pipeline.worker_heartbeats (worker_id, worker_type, status, last_heartbeat_at) FROM STDIN;\n"
-	  . "c$long_id\t$long_type\tidle\t2000-01-01 00:00:00+00\n\\.\n");
+	  . "c$long_id\tfast\tidle\t2000-01-01 00:00:00+00\n\\.\n");
 ok( $node->poll_query_until('postgres', qq{
 		SELECT count(*) = 3 FROM pm_pipeline.worker_heartbeats
 		 WHERE status = 'dead' AND length(worker_id) > 300 - 1}),
