@@ -386,7 +386,8 @@ bool RegisterReaper(Oid dboid, bool wait);
 		now = GetCurrentTimestamp();
 		TimestampTz next_due = 0;
 		int waiting = 0;
-		int n = registry::PlanStarts(now, settings::max_reapers, starts, kMaxStartsPerRound, &next_due, &waiting);
+		int n = registry::PlanStarts(now, settings::max_reapers, starts, kMaxStartsPerRound, &next_due, &waiting,
+		                             databases.count - seen_count);
 		for (int i = 0; i < n; ++i)
 			(void)RegisterReaper(starts[i], false);
 		if (waiting > 0 && waiting_logged == 0)
@@ -403,13 +404,19 @@ bool RegisterReaper(Oid dboid, bool wait);
 			if (!known && waiting == 0) {
 				switch (registry::ReserveStart(db, GetCurrentTimestamp(), settings::max_reapers, true)) {
 				case registry::ReserveResult::Reserved:
-					(void)RegisterReaper(db, false);
-					known = true;
+					// A look that could not start keeps no slot (the database
+					// may not have the extension); it is tried again.
+					known = RegisterReaper(db, false);
+					if (!known)
+						registry::ForgetIdleSlot(db);
 					break;
 				case registry::ReserveResult::NoBudget:
 					break; // next round
 				case registry::ReserveResult::NoSlot:
-					break; // logged below
+					// Logged below; not looked at again (its own CREATE
+					// EXTENSION or heartbeats ask for a slot themselves).
+					known = true;
+					break;
 				default:
 					known = true;
 					break;

@@ -678,7 +678,7 @@ void WakeLauncher()
 		SetLatch(latch);
 }
 
-int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting)
+int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting, int looks_waiting)
 {
 	Attach();
 	int n = 0;
@@ -735,7 +735,7 @@ int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next
 		}
 		// More waiting than places: ask the reapers idle longest to leave,
 		// each after a pass of its own since it started.
-		int to_evict = *waiting - yielding;
+		int to_evict = *waiting + (running >= budget && budget > 0 ? Min(looks_waiting, 1) : 0) - yielding;
 		while (to_evict > 0 && evicted < static_cast<int>(lengthof(evict))) {
 			Slot *victim = nullptr;
 			for (Slot &slot : AllSlots()) {

@@ -138,7 +138,8 @@ void WakeLauncher();
 // the budget allows (written to out, at most max), asks the longest-idle
 // reapers to make room when more are waiting, and returns in *next_due the
 // earliest future moment a database without a reaper needs one.
-int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting);
+// looks_waiting: databases never looked at (the launcher's list) also want a place.
+int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting, int looks_waiting);
 // A reaper's pass did something (deaths, releases): it is a busy one.
 void NoteWork(Oid dboid, TimestampTz now);
 // The launcher asked this reaper to give its place to another database.

@@ -1,0 +1,198 @@
+# Scale-out (issue 18): every database with the extension is reaped, with at
+# most worker_heartbeat.max_reapers reapers at once, and a database that is
+# not reaped says why.
+#
+# Node 1, preloaded, 40 databases, max_worker_processes = 8, max_reapers = 3:
+# - issue 18 "every database is reaped": every one of the 40 databases gets a
+#   registry row (the launcher looks at each, in rotation), never more than 3
+#   reapers at once;
+# - issue 18 goal 1: in every database a SIGKILLed session-bound worker's
+#   lease comes back (median and max latency reported with note(); asserted
+#   only against a generous bound: the machine is a shared, noisy 2-core box);
+# - issue 18 goal 1: a silent worker's lease in databases without a reaper is
+#   back within dead_after + 2 s (asserted generously, reported);
+# - issue 18 "never silent": a database due for a visit shows 'scheduled', and
+#   reaper_status() rows never say 'waiting for a reaper slot' once all is quiet.
+# Node 2, preloaded, max_worker_processes = 3, max_databases = 2:
+# - issue 18 "limits are settings, exhausting them is tested": the second
+#   database gets no background worker: CREATE EXTENSION warns, and
+#   reaper_status() says 'no worker slot (max_worker_processes)'; the third
+#   database finds the registry full: CREATE EXTENSION warns, and its
+#   reaper_status() says 'registry full (max_databases)'; both are
+#   worker_heartbeat_reaper_up 0 in metrics().
+# On the old code (b002846) node 1 leaves databases 8-40 without a reaper
+# (max_worker_processes = 8: "too many"/no slot, silent) and the kills there
+# are never released; node 2 has no max_databases setting (the server refuses
+# to start with an unknown worker_heartbeat.* setting) and no such states.
+use strict;
+use warnings;
+use Time::HiRes qw(time usleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $ndb = $ENV{WH_SCALEOUT_DATABASES} // 40;
+
+my $node = PostgreSQL::Test::Cluster->new('scaleout');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'worker_heartbeat'
+max_worker_processes = 8
+max_connections = 60
+worker_heartbeat.max_reapers = 3
+worker_heartbeat.max_databases = 64
+worker_heartbeat.reap_interval = '200ms'
+worker_heartbeat.launcher_interval = '500ms'
+worker_heartbeat.pool_visit_interval = '30s'
+});
+$node->start;
+
+# A template with the extension and a lease table; copies of it are the
+# tenants. Its reaper is stopped first (CREATE DATABASE needs it gone).
+$node->safe_psql('postgres', 'CREATE DATABASE tmpl');
+$node->safe_psql('tmpl', q{
+	CREATE SCHEMA pm_pipeline;
+	CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline;
+	CREATE TABLE public.queue (id int PRIMARY KEY, state text NOT NULL DEFAULT 'pending',
+	                           claimed_by text, lease_expires_at timestamptz);
+	CREATE INDEX ON public.queue (claimed_by);
+	CREATE INDEX ON public.queue (lease_expires_at);
+	INSERT INTO public.queue (id) SELECT g FROM generate_series(1, 10) g;
+	SELECT pm_pipeline.register_lease_table('public.queue', p_on_release => '{"state": "pending"}');
+	SELECT pm_pipeline.set_worker_type_dead_after('fast', '2 seconds');
+});
+$node->safe_psql('tmpl', 'SELECT pm_pipeline.stop_reaper()');
+$node->safe_psql('postgres', 'ALTER DATABASE tmpl WITH IS_TEMPLATE true ALLOW_CONNECTIONS false');
+my @dbs = map { sprintf('tenant%02d', $_) } 1 .. $ndb;
+$node->safe_psql('postgres', "CREATE DATABASE $_ TEMPLATE tmpl") for @dbs;
+
+my $reapers = q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'worker_heartbeat reaper'};
+ok( $node->poll_query_until('tenant01',
+		"SELECT count(*) = $ndb FROM pm_pipeline.reaper_status() WHERE database::text LIKE 'tenant%'"),
+	"the launcher gave every one of the $ndb databases a look: $ndb rows in reaper_status()");
+my $max_seen = 0;
+for (1 .. 20)
+{
+	my $n = $node->safe_psql('postgres', $reapers);
+	$max_seen = $n if $n > $max_seen;
+	usleep(50_000);
+}
+note "most reapers seen at once: $max_seen";
+cmp_ok($max_seen, '<=', 3, 'never more than max_reapers = 3 reapers at once');
+ok( $node->poll_query_until('tenant01', q{
+		SELECT count(*) FILTER (WHERE passes > 0) FROM pm_pipeline.reaper_status() WHERE database::text LIKE 'tenant%'},
+		$ndb),
+	'every database had a pass of its own');
+like( $node->safe_psql('tenant01', q{
+		SELECT string_agg(DISTINCT state, ',' ORDER BY state) FROM pm_pipeline.reaper_status()
+		 WHERE database::text LIKE 'tenant%' AND pid IS NULL}),
+	qr/^scheduled$/, "databases without a reaper right now say 'scheduled'");
+
+# A SIGKILLed session-bound worker in every database, one after another.
+my @latency;
+for my $db (@dbs)
+{
+	my $client = $node->background_psql($db);
+	$client->query_safe(q{
+		SELECT pm_pipeline.upsert_worker_heartbeat('victim', 'w', 'processing', p_session_bound => true);
+		UPDATE public.queue SET state = 'claimed', claimed_by = 'victim', lease_expires_at = now() + interval '1 hour'
+		 WHERE id = 1;
+	});
+	my $t0 = time;
+	$client->{run}->signal('KILL');
+	eval { $client->{run}->finish };
+	my $released = 0;
+	while (time - $t0 < 60)
+	{
+		if ($node->safe_psql($db, 'SELECT claimed_by IS NULL FROM public.queue WHERE id = 1') eq 't')
+		{
+			$released = 1;
+			last;
+		}
+		usleep(10_000);
+	}
+	push @latency, time - $t0;
+	ok($released, "$db: the lease of a SIGKILLed session-bound worker is back");
+}
+my @sorted = sort { $a <=> $b } @latency;
+my $median = $sorted[ int(@sorted / 2) ];
+note sprintf('session kill -> lease back over %d databases (polling every 10 ms, psql included): median %.3f s, max %.3f s',
+	scalar @sorted, $median, $sorted[-1]);
+cmp_ok($median, '<', 5, 'median release after a kill: well under a generous bound (1 s promised on a quiet machine)');
+
+# Silent workers (dead_after 2 s) in a few databases at once.
+my @silent_dbs = @dbs[ 0 .. 4 ];
+for my $db (@silent_dbs)
+{
+	$node->safe_psql($db, q{
+		SELECT pm_pipeline.upsert_worker_heartbeat('silent', 'fast', 'processing');
+		UPDATE public.queue SET state = 'claimed', claimed_by = 'silent', lease_expires_at = now() + interval '1 hour'
+		 WHERE id = 2;
+	});
+}
+my $t_beat = time;
+my %silent_done;
+while (time - $t_beat < 60 && keys %silent_done < @silent_dbs)
+{
+	for my $db (grep { !$silent_done{$_} } @silent_dbs)
+	{
+		$silent_done{$db} = time - $t_beat
+		  if $node->safe_psql($db, 'SELECT claimed_by IS NULL FROM public.queue WHERE id = 2') eq 't';
+	}
+	usleep(50_000);
+}
+for my $db (@silent_dbs)
+{
+	ok(defined $silent_done{$db}, "$db: a silent worker's lease is back");
+	note sprintf('%s: silent worker (dead_after 2 s) released %.2f s after its last beat', $db,
+		$silent_done{$db} // -1);
+	cmp_ok($silent_done{$db} // 999, '<', 2 + 2 + 8, "$db: within dead_after + 2 s (plus a margin for the loaded machine)");
+}
+
+# Quiet again: nothing stays waiting.
+ok( $node->poll_query_until('tenant01', q{
+		SELECT count(*) FROM pm_pipeline.reaper_status() WHERE state = 'waiting for a reaper slot'}, '0'),
+	"once all is quiet no database is 'waiting for a reaper slot'");
+cmp_ok($node->safe_psql('postgres', $reapers), '<=', 3, 'still at most 3 reapers');
+$node->stop;
+
+# --- node 2: the limits ------------------------------------------------------
+my $small = PostgreSQL::Test::Cluster->new('limits');
+$small->init;
+$small->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'worker_heartbeat'
+max_worker_processes = 3
+worker_heartbeat.max_databases = 2
+worker_heartbeat.launcher_interval = '500ms'
+});
+$small->start;
+is($small->safe_psql('postgres', 'SHOW worker_heartbeat.max_databases'), '2', 'max_databases is a setting');
+$small->safe_psql('postgres', "CREATE DATABASE $_") for qw(a b c);
+my $install = 'CREATE SCHEMA pm_pipeline; CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline';
+my ($rc, $out, $err) = $small->psql('a', $install);
+is($rc, 0, 'a: CREATE EXTENSION');
+ok($small->poll_query_until('a', 'SELECT count(pid) FROM pm_pipeline.reaper_status()', '1'), 'a has its reaper');
+# The one free worker slot is taken (launcher, logical replication launcher, a's reaper).
+($rc, $out, $err) = $small->psql('b', $install);
+is($rc, 0, 'b: CREATE EXTENSION succeeds without a worker slot');
+like($err, qr/WARNING:.*no reaper for database "b": no background worker slot is free/,
+	'b: a WARNING says why');
+like($err, qr/HINT:.*max_worker_processes/, 'b: ... and what to raise');
+is( $small->safe_psql('b', "SELECT state FROM pm_pipeline.reaper_status() WHERE database = 'b'"),
+	'no worker slot (max_worker_processes)', "b: reaper_status() says 'no worker slot (max_worker_processes)'");
+($rc, $out, $err) = $small->psql('c', $install);
+is($rc, 0, 'c: CREATE EXTENSION succeeds with the registry full');
+like($err, qr/WARNING:.*no reaper for database "c": the reaper registry is full \(2 databases\)/,
+	'c: a WARNING says the registry is full');
+like($err, qr/HINT:.*worker_heartbeat\.max_databases/, 'c: ... and names max_databases');
+is( $small->safe_psql('c', "SELECT coalesce(pid::text, 'none') || ':' || state FROM pm_pipeline.reaper_status() WHERE database = 'c'"),
+	'none:registry full (max_databases)', "c: reaper_status() says 'registry full (max_databases)'");
+like($small->safe_psql('c', 'SELECT pm_pipeline.metrics()'), qr/^worker_heartbeat_reaper_up 0$/m,
+	'c: metrics() says worker_heartbeat_reaper_up 0');
+like($small->safe_psql('b', 'SELECT pm_pipeline.metrics()'), qr/^worker_heartbeat_reaper_up 0$/m,
+	'b: metrics() says worker_heartbeat_reaper_up 0');
+($rc, $out, $err) = $small->psql('c', 'SELECT pm_pipeline.start_reaper()');
+like($err, qr/ERROR:.*registry is full/, 'c: start_reaper() outside CREATE EXTENSION: a clear ERROR');
+$small->stop;
+
+done_testing();
