@@ -201,7 +201,8 @@ void WaitForStarter()
 	CommitTransactionCommand();
 	if (!installed) {
 		registry::ForgetIdleSlot(dboid);
-		proc_exit(0); // nothing to do in this database
+		registry::WakeLauncher(); // a look that found no extension: its place is free
+		proc_exit(0);             // nothing to do in this database
 	}
 
 	switch (registry::ClaimForReaper(dboid, MyProcPid, MyLatch)) {

@@ -540,7 +540,6 @@ void ForgetIdleSlot(Oid dboid)
 		if (slot && slot->pid == 0)
 			memset(static_cast<void *>(slot), 0, sizeof *slot);
 	}
-	WakeLauncher(); // a look that found no extension: its place is free
 }
 
 void ForgetDatabasesExcept(const Oid *existing, int count)
