@@ -364,7 +364,8 @@ bool RegisterReaper(Oid dboid, bool wait);
 	TimestampTz next_scan = 0;
 	constexpr int kMaxStartsPerRound = 64;
 	Oid starts[kMaxStartsPerRound];
-	uint64 refused_logged = 0;
+	uint64 refused_logged = 0; // at most one WARNING a minute
+	TimestampTz refused_logged_at = 0;
 	int waiting_logged = 0;
 	for (;;) {
 		CHECK_FOR_INTERRUPTS();
@@ -431,7 +432,8 @@ bool RegisterReaper(Oid dboid, bool wait);
 		seen = next_seen;
 		seen_count = next_seen_count;
 		uint64 refused = registry::RefusedCount();
-		if (refused != refused_logged) {
+		if (refused != refused_logged && GetCurrentTimestamp() - refused_logged_at >= 60 * USECS_PER_SEC) {
+			refused_logged_at = GetCurrentTimestamp();
 			ereport(WARNING, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			                  errmsg("worker_heartbeat launcher: the registry is full (%d databases): some databases "
 			                         "are not reaped",

@@ -510,12 +510,12 @@ bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot)
 		Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
 		// With a launcher, it alone starts reapers (within max_reapers): a
 		// database it does not know yet is due now (its schedule is unknown).
-		if (slot && registry->launcher_pid != 0) {
+		// Only when the database is due: a heartbeat in a database served in
+		// rotation must not call for a reaper it does not need.
+		if (slot && registry->launcher_pid != 0)
 			wake_launcher = !ReaperAlive(*slot) && !StartReserved(*slot, now) && !slot->stop_requested &&
+			                DueAt(*slot) <= now &&
 			                (slot->last_start_attempt == 0 || now - slot->last_start_attempt >= kStartBackoffUs);
-			if (wake_launcher)
-				slot->last_start_attempt = now;
-		}
 	}
 	if (wake_launcher)
 		WakeLauncher();
