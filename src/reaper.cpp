@@ -273,6 +273,8 @@ void WaitForStarter()
 		}
 		if (yielding && step == Step::Continue && !RecoveryInProgress()) {
 			next_visit_at_exit = GetCurrentTimestamp() + static_cast<int64>(settings::pool_visit_interval_ms) * 1000;
+			if (retry_full_at != 0) // a table failed: come back for it as a dedicated reaper would
+				next_visit_at_exit = Min(next_visit_at_exit, retry_full_at);
 			proc_exit(0);
 		}
 		if (step == Step::ExtensionGone) {
