@@ -619,8 +619,9 @@ ReserveResult ReserveStart(Oid dboid, TimestampTz now, int budget, bool create_s
 		if (running >= budget)
 			return ReserveResult::NoBudget;
 	}
+	// Not an attempt for the back-off (ShouldStartReaper and PlanStarts note
+	// theirs): a start asked for by SQL, or a first look, is not a retry.
 	slot->start_reserved_at = now;
-	slot->last_start_attempt = now;
 	return ReserveResult::Reserved;
 }
 
