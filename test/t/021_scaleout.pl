@@ -20,10 +20,11 @@
 #   database finds the registry full: CREATE EXTENSION warns, and its
 #   reaper_status() says 'registry full (max_databases)'; both are
 #   worker_heartbeat_reaper_up 0 in metrics().
-# On the old code (b002846) node 1 leaves databases 8-40 without a reaper
-# (max_worker_processes = 8: "too many"/no slot, silent) and the kills there
-# are never released; node 2 has no max_databases setting (the server refuses
-# to start with an unknown worker_heartbeat.* setting) and no such states.
+# On the old code (b002846) node 1 gives a reaper to the first few databases
+# only (one per database, as many as max_worker_processes leaves) and none to
+# the rest, silently: "every database had a pass" times out and the kills
+# there are never released; node 2 has no max_databases setting (SHOW fails:
+# the placeholder of a reserved prefix is dropped) and none of these states.
 use strict;
 use warnings;
 use Time::HiRes qw(time usleep);
