@@ -41,6 +41,7 @@ my $max_reapers = $ENV{WH_SCALEOUT_MAX_REAPERS} // 3;
 my $kills = $ENV{WH_SCALEOUT_KILLS} // $ndb;
 my $idle_seconds = $ENV{WH_SCALEOUT_IDLE_SECONDS} // 10;
 my $reap_interval = $ENV{WH_SCALEOUT_REAP_INTERVAL} // '200ms';
+my $visit_interval = $ENV{WH_SCALEOUT_VISIT_INTERVAL} // '30s';
 
 # CPU seconds used per second of wall time by the worker_heartbeat processes
 # (launcher, reapers; reapers that exited in the window count through the
@@ -67,12 +68,17 @@ sub idle_cpu
 		closedir $d;
 		return $ticks;
 	};
+	my $since = $node->safe_psql('tenant01', 'SELECT now()');
 	my $t0 = time;
 	my $c0 = $sample->();
 	usleep($seconds * 1_000_000);    # a measurement window, not a wait for an effect
 	my $c1 = $sample->();
 	my $hz = `getconf CLK_TCK` || 100;
-	return ($c1 - $c0) / $hz / (time - $t0);
+	my $cpu = ($c1 - $c0) / $hz / (time - $t0);
+	# Databases that had a reaper start in the window (each start is a visit).
+	my $visited = $node->safe_psql('tenant01',
+		"SELECT count(*) FROM pm_pipeline.reaper_status() WHERE started_at >= '$since'");
+	return [ $cpu, $visited ];
 }
 
 my $node = PostgreSQL::Test::Cluster->new('scaleout');
@@ -86,7 +92,7 @@ worker_heartbeat.max_reapers = $max_reapers
 worker_heartbeat.max_databases = @{[ $ndb + 24 ]}
 worker_heartbeat.reap_interval = '$reap_interval'
 worker_heartbeat.launcher_interval = '500ms'
-worker_heartbeat.pool_visit_interval = '30s'
+worker_heartbeat.pool_visit_interval = '$visit_interval'
 });
 $node->start;
 
@@ -131,8 +137,9 @@ ok( $node->poll_query_until('tenant01', q{
 		 WHERE database::text LIKE 'tenant%' AND pid IS NULL}, 'scheduled'),
 	"databases without a reaper right now say 'scheduled'");
 my $idle = idle_cpu($node, $idle_seconds);
-note sprintf('idle: %d databases, %d reapers at most: the launcher and reapers used %.2f%% of one core over %d s',
-	$ndb, $max_reapers, 100 * $idle, $idle_seconds);
+note sprintf('idle: %d databases, %d reapers at most, reap_interval %s, pool_visit_interval %s: the launcher and '
+	  . 'reapers used %.2f%% of one core over %d s; %d databases had a reaper started in that time',
+	$ndb, $max_reapers, $reap_interval, $visit_interval, 100 * $idle->[0], $idle_seconds, $idle->[1]);
 
 # A SIGKILLed session-bound worker in every database, one after another.
 my @latency;
