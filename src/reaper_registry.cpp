@@ -27,6 +27,11 @@ constexpr uint32 kMagic = 0x57485247; // "WHRG"
 constexpr int64 kReserveTimeoutUs = 10 * USECS_PER_SEC;
 // A database due for longer than this without a reaper is "waiting".
 constexpr int64 kOverdueUs = 1 * USECS_PER_SEC;
+// A reaper that just left holds its background worker slot until the
+// postmaster has seen it exit: a start that finds none is retried soon, and
+// is shown as 'no worker slot' only when it keeps failing.
+constexpr int64 kNoWorkerRetryUs = 250 * 1000;
+constexpr int64 kNoWorkerShownAfterUs = 2 * USECS_PER_SEC;
 
 struct Slot {
 	Oid dboid; // InvalidOid: free
@@ -56,7 +61,7 @@ struct Slot {
 	TimestampTz start_reserved_at; // a start counted in the budget, not claimed yet
 	TimestampTz visit_due;         // the next visit of a database without a reaper (0: none)
 	TimestampTz last_work_at;      // the reaper's start or its last pass that did something
-	bool start_failed;             // no background worker slot at the last attempt
+	TimestampTz failed_since;      // no background worker slot at every attempt since (0: none)
 	bool yield_requested;          // the launcher wants this reaper's place
 };
 
@@ -79,7 +84,7 @@ static_assert(sizeof(SlotView::state) == sizeof(Slot::state) &&
               sizeof(SlotView::last_error) == sizeof(Slot::last_error));
 #if SIZEOF_VOID_P == 8
 // A change of the layout must bump kLayoutVersion; then update these sizes.
-static_assert(kLayoutVersion == 3 && sizeof(EndedSession) == 24 && sizeof(Slot) == 776,
+static_assert(kLayoutVersion == 3 && sizeof(EndedSession) == 24 && sizeof(Slot) == 784,
               "the registry layout changed: bump kLayoutVersion and update this check");
 #endif
 
@@ -138,6 +143,11 @@ Slot *FindOrCreate(Oid dboid)
 bool ReaperAlive(const Slot &slot)
 {
 	return slot.pid != 0;
+}
+
+int64 BackoffUs(const Slot &slot)
+{
+	return slot.failed_since != 0 ? kNoWorkerRetryUs : kStartBackoffUs;
 }
 
 bool StartReserved(const Slot &slot, TimestampTz now)
@@ -402,7 +412,7 @@ ClaimResult ClaimForReaper(Oid dboid, int32 pid, Latch *latch)
 	slot->cannot_flush = false;
 	slot->last_error[0] = '\0';
 	slot->start_reserved_at = 0;
-	slot->start_failed = false;
+	slot->failed_since = 0;
 	slot->yield_requested = false;
 	slot->visit_due = 0;
 	slot->last_work_at = slot->started_at;
@@ -631,7 +641,8 @@ void StartFailed(Oid dboid)
 	Locked lock;
 	if (Slot *slot = Find(dboid)) {
 		slot->start_reserved_at = 0;
-		slot->start_failed = true;
+		if (slot->failed_since == 0)
+			slot->failed_since = GetCurrentTimestamp();
 	}
 }
 
@@ -706,8 +717,8 @@ int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next
 				int64 due = DueAt(slot);
 				// A reaper that did not get going (crash, no worker slot):
 				// not again within kStartBackoffUs.
-				if (slot.last_start_attempt != 0 && now - slot.last_start_attempt < kStartBackoffUs)
-					due = Max(due, slot.last_start_attempt + kStartBackoffUs);
+				if (slot.last_start_attempt != 0 && now - slot.last_start_attempt < BackoffUs(slot))
+					due = Max(due, slot.last_start_attempt + BackoffUs(slot));
 				if (due > now) {
 					*next_due = Min(*next_due, due);
 					continue;
@@ -724,7 +735,7 @@ int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next
 				for (const Slot &slot : AllSlots())
 					if (slot.dboid != InvalidOid && !ReaperAlive(slot) && !StartReserved(slot, now) &&
 					    !slot.stop_requested && DueAt(slot) <= now &&
-					    (slot.last_start_attempt == 0 || now - slot.last_start_attempt >= kStartBackoffUs))
+					    (slot.last_start_attempt == 0 || now - slot.last_start_attempt >= BackoffUs(slot)))
 						(*waiting)++;
 				break;
 			}
@@ -970,7 +981,7 @@ int Snapshot(SlotView *out, int max)
 		if (slot.pid == 0 && !slot.stop_requested) {
 			// Why this database has no reaper now.
 			const char *why = nullptr;
-			if (slot.start_failed)
+			if (slot.failed_since != 0 && (now - slot.failed_since > kNoWorkerShownAfterUs || !launcher))
 				why = kStateNoWorker;
 			else if (StartReserved(slot, now))
 				why = kStateStarting;
