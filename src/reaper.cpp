@@ -368,7 +368,8 @@ bool RegisterReaper(Oid dboid, bool wait);
 	Oid starts[kMaxStartsPerRound];
 	uint64 refused_logged = 0; // at most one WARNING a minute
 	TimestampTz refused_logged_at = 0;
-	int waiting_logged = 0;
+	int waiting_logged = 0; // at most one LOG a minute
+	TimestampTz waiting_logged_at = 0;
 	for (;;) {
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending) {
@@ -394,10 +395,12 @@ bool RegisterReaper(Oid dboid, bool wait);
 		                             databases.count - seen_count);
 		for (int i = 0; i < n; ++i)
 			(void)RegisterReaper(starts[i], false);
-		if (waiting > 0 && waiting_logged == 0)
+		if (waiting > 0 && waiting_logged == 0 && GetCurrentTimestamp() - waiting_logged_at >= 60 * USECS_PER_SEC) {
+			waiting_logged_at = GetCurrentTimestamp();
 			ereport(LOG, (errmsg("worker_heartbeat launcher: %d database(s) wait for a reaper (max_reapers = %d); "
 			                     "the reapers idle longest are asked to make room",
 			                     waiting, settings::max_reapers)));
+		}
 		waiting_logged = waiting;
 		// 2. A look at databases never seen, while the budget has room.
 		Oid *next_seen = static_cast<Oid *>(MemoryContextAlloc(launcher_context, sizeof(Oid) * (databases.count + 1)));
