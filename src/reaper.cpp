@@ -51,6 +51,10 @@ constexpr int64 kCleanupEveryUs = 60 * USECS_PER_SEC;
 // them, first after 1 s, then backing off to 30 s while tables keep failing.
 constexpr int64 kRetryFirstUs = 1 * USECS_PER_SEC;
 constexpr int64 kRetryMaxUs = 30 * USECS_PER_SEC;
+// When databases outnumber max_reapers, a reaper whose passes found nothing
+// to do for this long leaves: an idle server runs no reaper at all, and a
+// database is visited when it is due (docs/scaleout.md).
+constexpr int64 kPooledIdleExitUs = 30 * USECS_PER_SEC;
 
 Oid reaper_database = InvalidOid;
 // Read by the exit callback: true when the extension is gone and the slot
@@ -242,7 +246,9 @@ void WaitForStarter()
 		// The launcher wants our place for a database that waits: one last
 		// pass (beats still in shared memory, sessions that just ended), then
 		// leave; the database is visited again when its schedule says.
-		bool yielding = registry::YieldRequested(dboid);
+		bool yielding =
+		    registry::YieldRequested(dboid) ||
+		    registry::ShouldLeaveIdle(dboid, GetCurrentTimestamp(), kPooledIdleExitUs, settings::max_reapers);
 		if (yielding)
 			events |= WL_LATCH_SET;
 		if (RecoveryInProgress()) {

@@ -776,6 +776,22 @@ void NoteWork(Oid dboid, TimestampTz now)
 		slot->last_work_at = now;
 }
 
+bool ShouldLeaveIdle(Oid dboid, TimestampTz now, int64 idle_us, int budget)
+{
+	Attach();
+	Locked lock;
+	if (registry->launcher_pid == 0 || budget <= 0)
+		return false;
+	Slot *slot = Find(dboid);
+	if (!slot || slot->passes == 0 || now - slot->last_work_at < idle_us)
+		return false;
+	int databases = 0;
+	for (const Slot &other : AllSlots())
+		if (other.dboid != InvalidOid && !other.stop_requested && ++databases > budget)
+			return true;
+	return false;
+}
+
 bool YieldRequested(Oid dboid)
 {
 	Attach();

@@ -142,6 +142,9 @@ void WakeLauncher();
 int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting, int looks_waiting);
 // A reaper's pass did something (deaths, releases): it is a busy one.
 void NoteWork(Oid dboid, TimestampTz now);
+// More databases than the budget and this reaper found nothing to do for
+// idle_us: it leaves (the launcher brings one back when the database is due).
+bool ShouldLeaveIdle(Oid dboid, TimestampTz now, int64 idle_us, int budget);
 // The launcher asked this reaper to give its place to another database.
 bool YieldRequested(Oid dboid);
 // How the reaper leaves: its slot says when the database needs the next visit.

@@ -9,7 +9,7 @@ namespace wh::settings
 
 int max_databases = kMaxDatabasesPreloaded;
 int max_reapers = 4;
-int pool_visit_interval_ms = 60 * 1000;
+int pool_visit_interval_ms = 5 * 60 * 1000;
 
 void DefineScaleout()
 {
