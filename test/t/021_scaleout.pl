@@ -139,6 +139,10 @@ ok( $node->poll_query_until('tenant01', q{
 		   AND count(*) FILTER (WHERE state NOT IN ('scheduled', 'starting', 'idle', 'reaping')) = 0
 		  FROM pm_pipeline.reaper_status() WHERE database::text LIKE 'tenant%'}),
 	"databases without a reaper right now say 'scheduled', none is waiting or without a worker slot");
+# More databases than reapers: a reaper with nothing to do for 30 s leaves,
+# so an idle server runs none (issue 18: idle cost).
+ok($node->poll_query_until('postgres', $reapers, '0'), 'idle: every pooled reaper left after 30 s without work')
+  if $ndb > $max_reapers;
 my $idle = idle_cpu($node, $idle_seconds);
 note sprintf('idle: %d databases, %d reapers at most, reap_interval %s, pool_visit_interval %s: the launcher and '
 	  . 'reapers used %.2f%% of one core over %d s; %d databases had a reaper started in that time',
