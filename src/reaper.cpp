@@ -54,7 +54,7 @@ constexpr int64 kRetryMaxUs = 30 * USECS_PER_SEC;
 // When databases outnumber max_reapers, a reaper whose passes found nothing
 // to do for this long leaves: an idle server runs no reaper at all, and a
 // database is visited when it is due (docs/scaleout.md).
-constexpr int64 kPooledIdleExitUs = 30 * USECS_PER_SEC;
+constexpr int64 kPooledIdleExitUs = 5 * USECS_PER_SEC;
 
 Oid reaper_database = InvalidOid;
 // Read by the exit callback: true when the extension is gone and the slot
