@@ -809,8 +809,10 @@ void ReleaseReaperForVisit(Oid dboid, int32 pid, TimestampTz next_visit, bool or
 		Slot *slot = Find(dboid);
 		if (slot && slot->pid == pid) {
 			slot->visit_due = next_visit;
-			if (orderly)
-				slot->last_start_attempt = 0; // it left in good order: no back-off
+			// Left in good order (gave its place): no back-off. Any other exit
+			// (terminated, crashed, its database wanted): the next start waits
+			// kStartBackoffUs, so a reaper that keeps failing is no fork loop.
+			slot->last_start_attempt = orderly ? 0 : GetCurrentTimestamp();
 		}
 	}
 	ReleaseReaper(dboid, pid, false);
