@@ -812,7 +812,11 @@ void ReleaseReaperForVisit(Oid dboid, int32 pid, TimestampTz next_visit, bool or
 			// Left in good order (gave its place): no back-off. Any other exit
 			// (terminated, crashed, its database wanted): the next start waits
 			// kStartBackoffUs, so a reaper that keeps failing is no fork loop.
-			slot->last_start_attempt = orderly ? 0 : GetCurrentTimestamp();
+			// Without a launcher the next heartbeat starts one (as before 1.2).
+			if (orderly)
+				slot->last_start_attempt = 0;
+			else if (registry->launcher_pid != 0)
+				slot->last_start_attempt = GetCurrentTimestamp();
 		}
 	}
 	ReleaseReaper(dboid, pid, false);
