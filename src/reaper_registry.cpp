@@ -63,6 +63,7 @@ struct Slot {
 	TimestampTz last_work_at;      // the reaper's start or its last pass that did something
 	TimestampTz failed_since;      // no background worker slot at every attempt since (0: none)
 	bool yield_requested;          // the launcher wants this reaper's place
+	bool asked_while_starting;     // start_reaper() came while a first look was starting
 };
 
 // The header; the slots are a second shared structure of nslots entries.
@@ -547,8 +548,17 @@ void ForgetIdleSlot(Oid dboid)
 	{
 		Locked lock;
 		Slot *slot = Find(dboid);
-		if (slot && slot->pid == 0)
-			memset(static_cast<void *>(slot), 0, sizeof *slot);
+		if (slot && slot->pid == 0) {
+			if (slot->asked_while_starting) {
+				// CREATE EXTENSION ran while this look was starting: its
+				// transaction may commit after we looked. Look again soon.
+				slot->asked_while_starting = false;
+				slot->start_reserved_at = 0;
+				slot->visit_due = GetCurrentTimestamp() + kNoWorkerRetryUs;
+				slot->last_start_attempt = 0;
+			} else
+				memset(static_cast<void *>(slot), 0, sizeof *slot);
+		}
 	}
 }
 
@@ -617,8 +627,12 @@ ReserveResult ReserveStart(Oid dboid, TimestampTz now, int budget, bool create_s
 	Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
 	if (!slot)
 		return ReserveResult::NoSlot;
-	if (ReaperAlive(*slot) || StartReserved(*slot, now))
+	if (ReaperAlive(*slot))
 		return ReserveResult::AlreadyRunning;
+	if (StartReserved(*slot, now)) {
+		slot->asked_while_starting = true; // see ForgetIdleSlot
+		return ReserveResult::AlreadyRunning;
+	}
 	if (slot->stop_requested)
 		return ReserveResult::Stopped;
 	if (budget > 0) {
