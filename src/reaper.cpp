@@ -510,6 +510,11 @@ StartResult Start(Oid dboid, bool wait)
 		break;
 	case registry::ReserveResult::AlreadyRunning:
 		return StartResult::AlreadyRunning;
+	case registry::ReserveResult::Starting:
+		// A reaper of our own that waits for our transaction (CREATE
+		// EXTENSION) and sees it; the look that started first exits or
+		// finds this one holding the slot (never two).
+		return RegisterReaper(dboid, wait) ? StartResult::Started : StartResult::NoWorkerSlot;
 	case registry::ReserveResult::Stopped:
 		return StartResult::Stopped;
 	case registry::ReserveResult::NoSlot:

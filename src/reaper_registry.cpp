@@ -631,7 +631,7 @@ ReserveResult ReserveStart(Oid dboid, TimestampTz now, int budget, bool create_s
 		return ReserveResult::AlreadyRunning;
 	if (StartReserved(*slot, now)) {
 		slot->asked_while_starting = true; // see ForgetIdleSlot
-		return ReserveResult::AlreadyRunning;
+		return ReserveResult::Starting;
 	}
 	if (slot->stop_requested)
 		return ReserveResult::Stopped;

@@ -124,7 +124,9 @@ void Wake(Oid dboid);
 // is registered, so that at most `budget` reapers run or are starting at once
 // (budget <= 0: no limit, without preload). A reservation ends when the
 // reaper claims its slot, exits, or after kReserveTimeoutUs.
-enum class ReserveResult { Reserved, AlreadyRunning, Stopped, NoBudget, NoSlot };
+// Starting: a start is reserved but no reaper claimed the slot yet (a first
+// look may be on its way out, not seeing an extension still being created).
+enum class ReserveResult { Reserved, AlreadyRunning, Starting, Stopped, NoBudget, NoSlot };
 ReserveResult ReserveStart(Oid dboid, TimestampTz now, int budget, bool create_slot);
 // RegisterDynamicBackgroundWorker failed: shown as kStateNoWorker until a
 // reaper claims the slot.
