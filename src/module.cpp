@@ -4,6 +4,7 @@
 #include "reaper.hpp"
 #include "reaper_registry.hpp"
 #include "settings.hpp"
+#include "settings_scaleout.hpp"
 
 extern "C" {
 #include "storage/ipc.h"
@@ -39,6 +40,7 @@ void StartSharedMemory()
 
 void _PG_init(void)
 {
+	wh::settings::DefineScaleout(); // before Define() reserves the prefix
 	wh::settings::Define();
 	// Without shared_preload_libraries there is no heartbeat cache and no
 	// launcher; the registry is created on first use (reaper_registry.hpp).

@@ -8,6 +8,7 @@
 #include "reaper_registry.hpp"
 #include "reaping_pass.hpp"
 #include "settings.hpp"
+#include "settings_scaleout.hpp"
 
 #include <cstring>
 
@@ -17,6 +18,9 @@ extern "C" {
 #include "access/tableam.h"
 #include "access/xlog.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -48,6 +52,10 @@ constexpr int64 kCleanupEveryUs = 60 * USECS_PER_SEC;
 // them, first after 1 s, then backing off to 30 s while tables keep failing.
 constexpr int64 kRetryFirstUs = 1 * USECS_PER_SEC;
 constexpr int64 kRetryMaxUs = 30 * USECS_PER_SEC;
+// When databases outnumber max_reapers, a reaper whose passes found nothing
+// to do for this long leaves: an idle server runs no reaper at all, and a
+// database is visited when it is due (docs/scaleout.md).
+constexpr int64 kPooledIdleExitUs = 5 * USECS_PER_SEC;
 
 Oid reaper_database = InvalidOid;
 // Read by the exit callback: true when the extension is gone and the slot
@@ -55,10 +63,18 @@ Oid reaper_database = InvalidOid;
 // cancel_before_shmem_exit() of the callback (which only works for the
 // callback registered last).
 bool forget_slot_at_exit = false;
+// Set when the reaper gives its place to another database (the launcher
+// asked): the database's next visit is then due at this time at the latest.
+TimestampTz next_visit_at_exit = 0;
 
 void ReleaseSlotAtExit(int, Datum)
 {
-	registry::ReleaseReaper(reaper_database, MyProcPid, forget_slot_at_exit);
+	if (forget_slot_at_exit)
+		registry::ReleaseReaper(reaper_database, MyProcPid, true);
+	else if (next_visit_at_exit != 0)
+		registry::ReleaseReaperForVisit(reaper_database, MyProcPid, next_visit_at_exit, true);
+	else // any other exit: the launcher may start a reaper again after its back-off
+		registry::ReleaseReaperForVisit(reaper_database, MyProcPid, GetCurrentTimestamp(), false);
 }
 
 // Someone is dropping, renaming or copying our database and waits for us to
@@ -124,6 +140,8 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, nullptr);
 	registry::SetState(MyDatabaseId, "idle");
+	if (result.declared_dead > 0 || result.released > 0)
+		registry::NoteWork(MyDatabaseId, GetCurrentTimestamp()); // a busy database keeps its reaper longer
 	if (result.declared_dead > 0 || result.released > 0 || removed > 0)
 		ereport(LOG, (errmsg("worker_heartbeat reaper: declared %d worker(s) dead, released %d lease(s), removed %d "
 		                     "stale worker(s) in %.1f ms",
@@ -189,16 +207,19 @@ void WaitForStarter()
 	CommitTransactionCommand();
 	if (!installed) {
 		registry::ForgetIdleSlot(dboid);
-		proc_exit(0); // nothing to do in this database
+		registry::WakeLauncher(); // a look that found no extension: its place is free
+		proc_exit(0);             // nothing to do in this database
 	}
 
 	switch (registry::ClaimForReaper(dboid, MyProcPid, MyLatch)) {
 	case registry::ClaimResult::AlreadyRunning:
 		proc_exit(0); // never two reapers for one database
 	case registry::ClaimResult::NoFreeSlot:
-		ereport(LOG,
+		ereport(WARNING,
 		        (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-		         errmsg("worker_heartbeat reaper: too many databases with a reaper (at most %d)", registry::kSlots)));
+		         errmsg("worker_heartbeat reaper: database %u is not reaped: the registry is full (%d databases)",
+		                dboid, registry::Capacity()),
+		         errhint("Raise worker_heartbeat.max_databases (needs a restart).")));
 		proc_exit(0);
 	case registry::ClaimResult::Claimed:
 		break;
@@ -224,6 +245,14 @@ void WaitForStarter()
 		}
 		if (registry::StopRequested(dboid))
 			proc_exit(0); // stop_reaper(): exit 0, so the postmaster does not restart us
+		// The launcher wants our place for a database that waits: one last
+		// pass (beats still in shared memory, sessions that just ended), then
+		// leave; the database is visited again when its schedule says.
+		bool yielding =
+		    registry::YieldRequested(dboid) ||
+		    registry::ShouldLeaveIdle(dboid, GetCurrentTimestamp(), kPooledIdleExitUs, settings::max_reapers);
+		if (yielding)
+			events |= WL_LATCH_SET;
 		if (RecoveryInProgress()) {
 			registry::SetState(dboid, "standby");
 			continue;
@@ -249,6 +278,12 @@ void WaitForStarter()
 			}
 			full = false;
 			next_pass = done + static_cast<int64>(settings::reap_interval_ms) * 1000;
+		}
+		if (yielding && step == Step::Continue && !RecoveryInProgress()) {
+			next_visit_at_exit = GetCurrentTimestamp() + static_cast<int64>(settings::pool_visit_interval_ms) * 1000;
+			if (retry_full_at != 0) // a table failed: come back for it as a dedicated reaper would
+				next_visit_at_exit = Min(next_visit_at_exit, retry_full_at);
+			proc_exit(0);
 		}
 		if (step == Step::ExtensionGone) {
 			cache::ForgetDatabase(dboid);
@@ -303,6 +338,16 @@ bool Contains(const Oid *oids, int count, Oid oid)
 	return false;
 }
 
+void ClearLauncherAtExit(int, Datum)
+{
+	registry::SetLauncher(0, nullptr);
+}
+
+// Registers the background worker of a start already counted in the budget.
+bool RegisterReaper(Oid dboid, bool wait);
+
+// The launcher: starts reapers within worker_heartbeat.max_reapers, the most
+// overdue database first (src/README.md draws it).
 [[noreturn]] void LauncherMain()
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -310,11 +355,14 @@ bool Contains(const Oid *oids, int count, Oid oid)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(nullptr, nullptr, 0);
 	pgstat_report_appname(kLauncherType);
+	registry::SetLauncher(MyProcPid, MyLatch);
+	before_shmem_exit(ClearLauncherAtExit, (Datum)0);
 
-	// Databases already given a chance: a reaper that finds no extension
-	// exits, and we do not start it again until it is asked for (CREATE
-	// EXTENSION or a heartbeat start it themselves).
-	// Both lists live in launcher_context (a round's list is reset each
+	// Databases already given a look: a reaper that finds no extension
+	// exits, and we do not look again until it is asked for (CREATE
+	// EXTENSION or a heartbeat ask themselves). A database not looked at yet
+	// waits in `unseen` until the budget has room (a look is a reaper).
+	// The lists live in launcher_context (a round's list is reset each
 	// round), never in the memory of the transaction that read pg_database.
 	MemoryContext launcher_context =
 	    AllocSetContextCreate(TopMemoryContext, "worker_heartbeat launcher", ALLOCSET_DEFAULT_SIZES);
@@ -322,45 +370,103 @@ bool Contains(const Oid *oids, int count, Oid oid)
 	    AllocSetContextCreate(launcher_context, "worker_heartbeat launcher round", ALLOCSET_DEFAULT_SIZES);
 	Oid *seen = nullptr; // no limit: as many as pg_database lists
 	int seen_count = 0;
+	DatabaseList databases{nullptr, 0};
+	TimestampTz next_scan = 0;
+	constexpr int kMaxStartsPerRound = 64;
+	Oid starts[kMaxStartsPerRound];
+	uint64 refused_logged = 0; // at most one WARNING a minute
+	TimestampTz refused_logged_at = 0;
+	int waiting_logged = 0; // at most one LOG a minute
+	TimestampTz waiting_logged_at = 0;
 	for (;;) {
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending) {
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			next_scan = 0;
 		}
-		MemoryContextReset(round_context);
-		StartTransactionCommand();
-		DatabaseList databases = ConnectableDatabases(round_context);
-		CommitTransactionCommand();
-		// seen keeps only databases that still exist, in the order listed.
+		TimestampTz now = GetCurrentTimestamp();
+		if (now >= next_scan) {
+			MemoryContextReset(round_context);
+			StartTransactionCommand();
+			databases = ConnectableDatabases(round_context);
+			CommitTransactionCommand();
+			registry::ForgetDatabasesExcept(databases.oids, databases.count);
+			cache::ForgetDatabasesExcept(databases.oids, databases.count); // a dropped database's heartbeats
+			next_scan = GetCurrentTimestamp() + static_cast<int64>(settings::launcher_interval_ms) * 1000;
+		}
+		// 1. Databases with the extension that need a reaper, most overdue first.
+		now = GetCurrentTimestamp();
+		TimestampTz next_due = 0;
+		int waiting = 0;
+		int n = registry::PlanStarts(now, settings::max_reapers, starts, kMaxStartsPerRound, &next_due, &waiting,
+		                             databases.count - seen_count);
+		for (int i = 0; i < n; ++i)
+			(void)RegisterReaper(starts[i], false);
+		if (waiting > 0 && waiting_logged == 0 && GetCurrentTimestamp() - waiting_logged_at >= 60 * USECS_PER_SEC) {
+			waiting_logged_at = GetCurrentTimestamp();
+			ereport(LOG, (errmsg("worker_heartbeat launcher: %d database(s) wait for a reaper (max_reapers = %d); "
+			                     "the reapers idle longest are asked to make room",
+			                     waiting, settings::max_reapers)));
+		}
+		waiting_logged = waiting;
+		// 2. A look at databases never seen, while the budget has room.
 		Oid *next_seen = static_cast<Oid *>(MemoryContextAlloc(launcher_context, sizeof(Oid) * (databases.count + 1)));
 		int next_seen_count = 0;
-		TimestampTz now = GetCurrentTimestamp();
 		for (int i = 0; i < databases.count; ++i) {
 			Oid db = databases.oids[i];
-			bool first_time = !Contains(seen, seen_count, db);
-			next_seen[next_seen_count++] = db;
-			// A new database gets one look (its reaper exits at once if the
-			// extension is not there); a known one gets its reaper back if it
-			// had one that ended (a slot without a pid, not stopped on purpose).
-			if (registry::ShouldStartReaper(db, now, first_time))
-				StartForDatabase(db, false);
+			bool known = Contains(seen, seen_count, db) || registry::Known(db);
+			if (!known && waiting == 0) {
+				switch (registry::ReserveStart(db, GetCurrentTimestamp(), settings::max_reapers, true)) {
+				case registry::ReserveResult::Reserved:
+					// A look that could not start keeps no slot (the database
+					// may not have the extension); it is tried again.
+					known = RegisterReaper(db, false);
+					if (!known)
+						registry::ForgetIdleSlot(db);
+					break;
+				case registry::ReserveResult::NoBudget:
+					break; // next round
+				case registry::ReserveResult::NoSlot:
+					// Logged below; not looked at again (its own CREATE
+					// EXTENSION or heartbeats ask for a slot themselves).
+					known = true;
+					break;
+				default:
+					known = true;
+					break;
+				}
+			}
+			if (known)
+				next_seen[next_seen_count++] = db;
 		}
 		if (seen)
 			pfree(seen);
 		seen = next_seen;
 		seen_count = next_seen_count;
-		registry::ForgetDatabasesExcept(databases.oids, databases.count);
-		cache::ForgetDatabasesExcept(databases.oids, databases.count); // a dropped database's heartbeats
-		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, settings::launcher_interval_ms,
-		                PG_WAIT_EXTENSION);
+		uint64 refused = registry::RefusedCount();
+		if (refused != refused_logged && GetCurrentTimestamp() - refused_logged_at >= 60 * USECS_PER_SEC) {
+			refused_logged_at = GetCurrentTimestamp();
+			ereport(WARNING, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			                  errmsg("worker_heartbeat launcher: the registry is full (%d databases): some databases "
+			                         "are not reaped",
+			                         registry::Capacity()),
+			                  errhint("Raise worker_heartbeat.max_databases (needs a restart).")));
+			refused_logged = refused;
+		}
+		now = GetCurrentTimestamp();
+		int64 wait_us = next_scan - now;
+		if (next_due != 0 && next_due != core::DeathSchedule::kNever)
+			wait_us = Min(wait_us, next_due - now);
+		if (seen_count < databases.count || waiting > 0)
+			wait_us = Min(wait_us, static_cast<int64>(100 * 1000)); // looks or evictions pending
+		long wait_ms = static_cast<long>(Max(wait_us, static_cast<int64>(1000)) / 1000);
+		(void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
 
-} // namespace
-
-bool StartForDatabase(Oid dboid, bool wait)
+bool RegisterReaper(Oid dboid, bool wait)
 {
 	BackgroundWorker worker;
 	memset(&worker, 0, sizeof worker);
@@ -380,7 +486,7 @@ bool StartForDatabase(Oid dboid, bool wait)
 	memcpy(worker.bgw_extra, &starter, sizeof starter);
 	BackgroundWorkerHandle *handle = nullptr;
 	if (!RegisterDynamicBackgroundWorker(&worker, wait ? &handle : nullptr)) {
-		registry::ForgetStartAttempt(dboid);
+		registry::StartFailed(dboid);
 		return false;
 	}
 	if (wait) {
@@ -389,6 +495,84 @@ bool StartForDatabase(Oid dboid, bool wait)
 			return false;
 	}
 	return true;
+}
+
+} // namespace
+
+bool StartForDatabase(Oid dboid, bool wait)
+{
+	return Start(dboid, wait) == StartResult::Started;
+}
+
+StartResult Start(Oid dboid, bool wait)
+{
+	bool launcher = registry::LauncherRunning();
+	switch (registry::ReserveStart(dboid, GetCurrentTimestamp(), launcher ? settings::max_reapers : 0, true)) {
+	case registry::ReserveResult::Reserved:
+		break;
+	case registry::ReserveResult::AlreadyRunning:
+		return StartResult::AlreadyRunning;
+	case registry::ReserveResult::Starting:
+		// A reaper of our own that waits for our transaction (CREATE
+		// EXTENSION) and sees it; the look that started first exits or
+		// finds this one holding the slot (never two).
+		return RegisterReaper(dboid, wait) ? StartResult::Started : StartResult::NoWorkerSlot;
+	case registry::ReserveResult::Stopped:
+		return StartResult::Stopped;
+	case registry::ReserveResult::NoSlot:
+		return StartResult::RegistryFull;
+	case registry::ReserveResult::NoBudget:
+		// Served in rotation: due now, the launcher makes room.
+		registry::RequestVisit(dboid, GetCurrentTimestamp());
+		return StartResult::Queued;
+	}
+	return RegisterReaper(dboid, wait) ? StartResult::Started : StartResult::NoWorkerSlot;
+}
+
+bool StartFromSql()
+{
+	bool wait = !IsBinaryUpgrade && GetTopTransactionIdIfAny() == InvalidTransactionId;
+	StartResult result = Start(MyDatabaseId, wait);
+	// During CREATE / ALTER EXTENSION a database without a reaper must not
+	// make the installation fail: a WARNING that says why and what to set.
+	int level = creating_extension ? WARNING : ERROR;
+	switch (result) {
+	case StartResult::Started:
+		return true;
+	case StartResult::AlreadyRunning:
+	case StartResult::Stopped:
+		return false;
+	case StartResult::Queued:
+		ereport(NOTICE, (errmsg("worker_heartbeat: %d reapers run already (worker_heartbeat.max_reapers); this "
+		                        "database is served in rotation",
+		                        settings::max_reapers),
+		                 errdetail("A reaper is started for it when a session ends, a deadline comes, or every "
+		                           "worker_heartbeat.pool_visit_interval."),
+		                 errhint("Raise worker_heartbeat.max_reapers to give every database a reaper of its own.")));
+		return true;
+	case StartResult::NoWorkerSlot:
+		ereport(level, (errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+		                errmsg("worker_heartbeat: no reaper for database \"%s\": no background worker slot is free",
+		                       get_database_name(MyDatabaseId)),
+		                errdetail("reaper_status() says '%s' until one starts.", registry::kStateNoWorker),
+		                errhint(registry::LauncherRunning()
+		                            ? "Raise max_worker_processes (restart) above worker_heartbeat.max_reapers plus "
+		                              "the other background workers; the launcher retries every few seconds."
+		                            : "Raise max_worker_processes (restart): without shared_preload_libraries every "
+		                              "database with worker_heartbeat needs one background worker. Until then call "
+		                              "release_dead_worker_leases() yourself (for example from pg_cron).")));
+		return false;
+	case StartResult::RegistryFull:
+		ereport(level, (errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+		                errmsg("worker_heartbeat: no reaper for database \"%s\": the reaper registry is full (%d "
+		                       "databases)",
+		                       get_database_name(MyDatabaseId), registry::Capacity()),
+		                errdetail("reaper_status() says '%s' in this database.", registry::kStateRegistryFull),
+		                errhint("Raise worker_heartbeat.max_databases and restart the server. Until then call "
+		                        "release_dead_worker_leases() yourself (for example from pg_cron).")));
+		return false;
+	}
+	return false;
 }
 
 void RegisterLauncher()

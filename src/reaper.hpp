@@ -8,9 +8,22 @@
 namespace wh::reaper
 {
 
-// Registers a dynamic reaper for dboid. wait: block until it has started.
-// Returns false when no background-worker slot was free.
+enum class StartResult {
+	Started,        // a reaper was registered (and has started, with wait)
+	AlreadyRunning, // one runs or is starting
+	Stopped,        // stop_reaper() said so
+	Queued,         // preloaded, max_reapers run: the launcher makes room (rotation)
+	NoWorkerSlot,   // RegisterDynamicBackgroundWorker failed (max_worker_processes)
+	RegistryFull,   // no slot in the registry (worker_heartbeat.max_databases)
+};
+// Starts a reaper for dboid within the budget (worker_heartbeat.max_reapers
+// when the launcher runs). wait: block until it has started.
+StartResult Start(Oid dboid, bool wait);
+// Start() == Started.
 bool StartForDatabase(Oid dboid, bool wait);
+// start_reaper(): starts this database's reaper or says why it cannot run,
+// as a WARNING during CREATE / ALTER EXTENSION, else as an ERROR (insufficient_resources).
+bool StartFromSql();
 void RegisterLauncher(); // from _PG_init when preloaded
 
 } // namespace wh::reaper

@@ -1,5 +1,6 @@
 #include "reaper_registry.hpp"
 
+#include "settings_scaleout.hpp"
 #include "shared_state.hpp"
 
 #include <cstring>
@@ -21,6 +22,16 @@ namespace
 // How long a database waits between two attempts to start its reaper.
 constexpr int64 kStartBackoffUs = 5 * USECS_PER_SEC;
 constexpr uint32 kMagic = 0x57485247; // "WHRG"
+// A start reserved for a reaper that never claimed its slot (the postmaster
+// could not fork it, it failed before connecting) is given back after this.
+constexpr int64 kReserveTimeoutUs = 10 * USECS_PER_SEC;
+// A database due for longer than this without a reaper is "waiting".
+constexpr int64 kOverdueUs = 1 * USECS_PER_SEC;
+// A reaper that just left holds its background worker slot until the
+// postmaster has seen it exit: a start that finds none is retried soon, and
+// is shown as 'no worker slot' only when it keeps failing.
+constexpr int64 kNoWorkerRetryUs = 250 * 1000;
+constexpr int64 kNoWorkerShownAfterUs = 2 * USECS_PER_SEC;
 
 struct Slot {
 	Oid dboid; // InvalidOid: free
@@ -30,7 +41,7 @@ struct Slot {
 	bool pass_failing; // the reaper's last pass aborted
 	bool cannot_flush; // read-only or standby
 	TimestampTz last_start_attempt;
-	char state[32];
+	char state[48];
 	TimestampTz started_at;
 	TimestampTz last_pass_at;
 	double last_pass_ms;
@@ -46,14 +57,26 @@ struct Slot {
 	bool session_check_requested;
 	int ended_count;
 	EndedSession ended[kEndedSessions];
+	// scale-out
+	TimestampTz start_reserved_at; // a start counted in the budget, not claimed yet
+	TimestampTz visit_due;         // the next visit of a database without a reaper (0: none)
+	TimestampTz last_work_at;      // the reaper's start or its last pass that did something
+	TimestampTz failed_since;      // no background worker slot at every attempt since (0: none)
+	bool yield_requested;          // the launcher wants this reaper's place
+	bool asked_while_starting;     // start_reaper() came while a first look was starting
 };
 
+// The header; the slots are a second shared structure of nslots entries.
 struct Registry {
 	uint32 magic;
 	uint32 layout_version;
-	uint64 size;
+	uint64 size; // sizeof(Registry)
+	uint64 slot_size;
+	int32 nslots;
 	slock_t mutex;
-	Slot slots[kSlots];
+	int32 launcher_pid;
+	Latch *launcher_latch;
+	uint64 refused; // databases refused a slot (registry full)
 };
 
 // Shared memory holds these as raw bytes, set with memset/memcpy.
@@ -62,11 +85,24 @@ static_assert(sizeof(SlotView::state) == sizeof(Slot::state) &&
               sizeof(SlotView::last_error) == sizeof(Slot::last_error));
 #if SIZEOF_VOID_P == 8
 // A change of the layout must bump kLayoutVersion; then update these sizes.
-static_assert(kLayoutVersion == 2 && sizeof(EndedSession) == 24 && sizeof(Slot) == 728,
+static_assert(kLayoutVersion == 3 && sizeof(EndedSession) == 24 && sizeof(Slot) == 784,
               "the registry layout changed: bump kLayoutVersion and update this check");
 #endif
 
 Registry *registry = nullptr;
+Slot *slots = nullptr;
+int nslots = 0;
+
+// for (Slot &slot : AllSlots())
+struct SlotRange {
+	Slot *b, *e;
+	Slot *begin() const { return b; }
+	Slot *end() const { return e; }
+};
+SlotRange AllSlots()
+{
+	return SlotRange{slots, slots + nslots};
+}
 // Set in the reaper process once it owns its database's slot.
 bool this_process_is_reaper = false;
 
@@ -83,7 +119,7 @@ class Locked
 
 Slot *Find(Oid dboid)
 {
-	for (Slot &slot : registry->slots)
+	for (Slot &slot : AllSlots())
 		if (slot.dboid == dboid)
 			return &slot;
 	return nullptr;
@@ -93,7 +129,7 @@ Slot *FindOrCreate(Oid dboid)
 {
 	if (Slot *slot = Find(dboid))
 		return slot;
-	for (Slot &slot : registry->slots)
+	for (Slot &slot : AllSlots())
 		if (slot.dboid == InvalidOid) {
 			memset(static_cast<void *>(&slot), 0, sizeof slot);
 			slot.dboid = dboid;
@@ -101,12 +137,36 @@ Slot *FindOrCreate(Oid dboid)
 			strlcpy(slot.state, "not running", sizeof slot.state);
 			return &slot;
 		}
+	registry->refused++;
 	return nullptr;
 }
 
 bool ReaperAlive(const Slot &slot)
 {
 	return slot.pid != 0;
+}
+
+int64 BackoffUs(const Slot &slot)
+{
+	return slot.failed_since != 0 ? kNoWorkerRetryUs : kStartBackoffUs;
+}
+
+bool StartReserved(const Slot &slot, TimestampTz now)
+{
+	return slot.start_reserved_at != 0 && now - slot.start_reserved_at < kReserveTimeoutUs;
+}
+
+// When a database without a running reaper needs one (kNever: not before
+// something happens). Caller holds the lock.
+int64 DueAt(const Slot &slot)
+{
+	int64 due = core::DeathSchedule::kNever;
+	if (slot.session_check_requested || slot.ended_count > 0 || slot.heartbeats_pending)
+		return 0; // an ended session, beats only in shared memory: now
+	due = Min(due, slot.schedule.NextCheck());
+	if (slot.visit_due != 0)
+		due = Min(due, slot.visit_due);
+	return due;
 }
 
 // Copies a NUL-terminated string field out of shared memory, terminated
@@ -260,7 +320,14 @@ void QueueChange(effects::ApplyFn apply, Oid dboid, TimestampTz at)
 
 Size ShmemSize()
 {
-	return MAXALIGN(sizeof(Registry));
+	return add_size(MAXALIGN(sizeof(Registry)),
+	                MAXALIGN(mul_size(sizeof(Slot), static_cast<Size>(Max(settings::max_databases, 1)))));
+}
+
+int Capacity()
+{
+	Attach();
+	return nslots;
 }
 
 void Attach()
@@ -269,20 +336,49 @@ void Attach()
 	// reset, with a new segment: there the old pointer must not be kept.
 	if (registry && IsUnderPostmaster)
 		return;
-	// The layout is in the name: another build's registry is another segment.
+	// The layout is in the names: another build's registry is another segment.
+	// The header's name does not carry the number of slots: every backend
+	// finds the same registry whatever max_databases says in it (without
+	// preload the setting may change after the registry was made).
 	char name[SHMEM_INDEX_KEYSIZE];
-	snprintf(name, sizeof name, "worker_heartbeat registry v%u/%zu", kLayoutVersion, sizeof(Registry));
+	snprintf(name, sizeof name, "worker_heartbeat registry v%u/%zu/%zu", kLayoutVersion, sizeof(Registry),
+	         sizeof(Slot));
+	char slots_name[SHMEM_INDEX_KEYSIZE];
+	snprintf(slots_name, sizeof slots_name, "worker_heartbeat registry v%u slots", kLayoutVersion);
 	bool found = false;
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	auto *shared = static_cast<Registry *>(ShmemInitStruct(name, ShmemSize(), &found));
+	auto *shared = static_cast<Registry *>(ShmemInitStruct(name, MAXALIGN(sizeof(Registry)), &found));
 	if (!found) {
 		memset(static_cast<void *>(shared), 0, sizeof *shared);
 		SpinLockInit(&shared->mutex);
 		shared->magic = kMagic;
 		shared->layout_version = kLayoutVersion;
 		shared->size = sizeof(Registry);
+		shared->slot_size = sizeof(Slot);
+		shared->nslots = Max(settings::max_databases, 1);
 	}
-	bool ours = shared->magic == kMagic && shared->layout_version == kLayoutVersion && shared->size == sizeof(Registry);
+	bool ours = shared->magic == kMagic && shared->layout_version == kLayoutVersion &&
+	            shared->size == sizeof(Registry) && shared->slot_size == sizeof(Slot) && shared->nslots > 0;
+	Slot *shared_slots = nullptr;
+	if (ours) {
+		bool slots_found = false;
+		Size bytes = mul_size(sizeof(Slot), static_cast<Size>(shared->nslots));
+		// Without preload this may fail for want of spare shared memory: a
+		// clear ERROR ("out of shared memory"), the header stays and the
+		// next attempt asks again.
+		PG_TRY();
+		{
+			shared_slots = static_cast<Slot *>(ShmemInitStruct(slots_name, bytes, &slots_found));
+		}
+		PG_CATCH();
+		{
+			LWLockRelease(AddinShmemInitLock);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		if (!slots_found)
+			memset(static_cast<void *>(shared_slots), 0, bytes);
+	}
 	LWLockRelease(AddinShmemInitLock);
 	if (!ours)
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -292,6 +388,8 @@ void Attach()
 		                          shared->magic, shared->layout_version, static_cast<unsigned long long>(shared->size),
 		                          kLayoutVersion, sizeof(Registry)),
 		                errhint("Restart the server after installing a new version of worker_heartbeat.")));
+	slots = shared_slots;
+	nslots = shared->nslots;
 	registry = shared;
 }
 
@@ -314,6 +412,11 @@ ClaimResult ClaimForReaper(Oid dboid, int32 pid, Latch *latch)
 	slot->pass_failing = false;
 	slot->cannot_flush = false;
 	slot->last_error[0] = '\0';
+	slot->start_reserved_at = 0;
+	slot->failed_since = 0;
+	slot->yield_requested = false;
+	slot->visit_due = 0;
+	slot->last_work_at = slot->started_at;
 	strlcpy(slot->state, "starting", sizeof slot->state);
 	this_process_is_reaper = true;
 	return ClaimResult::Claimed;
@@ -323,6 +426,7 @@ void ReleaseReaper(Oid dboid, int32 pid, bool forget)
 {
 	if (!registry)
 		return;
+	WakeLauncher(); // our place in the budget is free
 	Locked lock;
 	Slot *slot = Find(dboid);
 	if (!slot || slot->pid != pid)
@@ -333,6 +437,7 @@ void ReleaseReaper(Oid dboid, int32 pid, bool forget)
 	}
 	slot->pid = 0;
 	slot->latch = nullptr;
+	slot->yield_requested = false;
 	strlcpy(slot->state, slot->stop_requested ? "stopped" : "not running", sizeof slot->state);
 }
 
@@ -410,9 +515,26 @@ bool ReaperRunning(Oid dboid)
 bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot)
 {
 	Attach();
+	bool wake_launcher = false;
+	{
+		Locked lock;
+		Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
+		// With a launcher, it alone starts reapers (within max_reapers): a
+		// database it does not know yet is due now (its schedule is unknown).
+		// Only when the database is due: a heartbeat in a database served in
+		// rotation must not call for a reaper it does not need.
+		if (slot && registry->launcher_pid != 0)
+			wake_launcher = !ReaperAlive(*slot) && !StartReserved(*slot, now) && !slot->stop_requested &&
+			                DueAt(*slot) <= now &&
+			                (slot->last_start_attempt == 0 || now - slot->last_start_attempt >= kStartBackoffUs);
+	}
+	if (wake_launcher)
+		WakeLauncher();
+	if (registry->launcher_pid != 0)
+		return false;
 	Locked lock;
 	Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
-	if (!slot || ReaperAlive(*slot) || slot->stop_requested)
+	if (!slot || ReaperAlive(*slot) || StartReserved(*slot, now) || slot->stop_requested)
 		return false;
 	if (slot->last_start_attempt != 0 && now - slot->last_start_attempt < kStartBackoffUs)
 		return false;
@@ -423,17 +545,28 @@ bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot)
 void ForgetIdleSlot(Oid dboid)
 {
 	Attach();
-	Locked lock;
-	Slot *slot = Find(dboid);
-	if (slot && slot->pid == 0)
-		memset(static_cast<void *>(slot), 0, sizeof *slot);
+	{
+		Locked lock;
+		Slot *slot = Find(dboid);
+		if (slot && slot->pid == 0) {
+			if (slot->asked_while_starting) {
+				// CREATE EXTENSION ran while this look was starting: its
+				// transaction may commit after we looked. Look again soon.
+				slot->asked_while_starting = false;
+				slot->start_reserved_at = 0;
+				slot->visit_due = GetCurrentTimestamp() + kNoWorkerRetryUs;
+				slot->last_start_attempt = 0;
+			} else
+				memset(static_cast<void *>(slot), 0, sizeof *slot);
+		}
+	}
 }
 
 void ForgetDatabasesExcept(const Oid *existing, int count)
 {
 	Attach();
 	Locked lock;
-	for (Slot &slot : registry->slots) {
+	for (Slot &slot : AllSlots()) {
 		if (slot.dboid == InvalidOid || slot.pid != 0)
 			continue;
 		bool exists = false;
@@ -485,6 +618,236 @@ void Wake(Oid dboid)
 {
 	Attach();
 	QueueChange(ApplyWake, dboid, 0);
+}
+
+ReserveResult ReserveStart(Oid dboid, TimestampTz now, int budget, bool create_slot)
+{
+	Attach();
+	Locked lock;
+	Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
+	if (!slot)
+		return ReserveResult::NoSlot;
+	if (ReaperAlive(*slot))
+		return ReserveResult::AlreadyRunning;
+	if (StartReserved(*slot, now)) {
+		slot->asked_while_starting = true; // see ForgetIdleSlot
+		return ReserveResult::Starting;
+	}
+	if (slot->stop_requested)
+		return ReserveResult::Stopped;
+	if (budget > 0) {
+		int running = 0;
+		for (const Slot &other : AllSlots())
+			if (other.dboid != InvalidOid && (ReaperAlive(other) || StartReserved(other, now)))
+				running++;
+		if (running >= budget)
+			return ReserveResult::NoBudget;
+	}
+	// Not an attempt for the back-off (ShouldStartReaper and PlanStarts note
+	// theirs): a start asked for by SQL, or a first look, is not a retry.
+	slot->start_reserved_at = now;
+	return ReserveResult::Reserved;
+}
+
+void StartFailed(Oid dboid)
+{
+	Attach();
+	Locked lock;
+	if (Slot *slot = Find(dboid)) {
+		slot->start_reserved_at = 0;
+		if (slot->failed_since == 0)
+			slot->failed_since = GetCurrentTimestamp();
+	}
+}
+
+void RequestVisit(Oid dboid, TimestampTz at)
+{
+	Attach();
+	{
+		Locked lock;
+		Slot *slot = Find(dboid);
+		if (!slot)
+			return;
+		if (slot->visit_due == 0 || at < slot->visit_due)
+			slot->visit_due = at;
+		slot->last_start_attempt = 0;
+	}
+	WakeLauncher();
+}
+
+bool LauncherRunning()
+{
+	Attach();
+	Locked lock;
+	return registry->launcher_pid != 0;
+}
+
+void SetLauncher(int32 pid, Latch *latch)
+{
+	Attach();
+	Locked lock;
+	registry->launcher_pid = pid;
+	registry->launcher_latch = latch;
+}
+
+void WakeLauncher()
+{
+	if (!registry)
+		return;
+	Latch *latch = nullptr;
+	{
+		Locked lock;
+		latch = registry->launcher_latch;
+	}
+	if (latch)
+		SetLatch(latch);
+}
+
+int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting, int looks_waiting)
+{
+	Attach();
+	int n = 0;
+	*next_due = core::DeathSchedule::kNever;
+	*waiting = 0;
+	Latch *evict[8];
+	int evicted = 0;
+	{
+		Locked lock;
+		int running = 0;
+		int yielding = 0;
+		for (const Slot &slot : AllSlots())
+			if (slot.dboid != InvalidOid && (ReaperAlive(slot) || StartReserved(slot, now))) {
+				running++;
+				if (slot.yield_requested)
+					yielding++;
+			}
+		// Start the most overdue first: repeatedly take the smallest due.
+		for (;;) {
+			Slot *best = nullptr;
+			int64 best_due = 0;
+			for (Slot &slot : AllSlots()) {
+				if (slot.dboid == InvalidOid || ReaperAlive(slot) || StartReserved(slot, now) || slot.stop_requested)
+					continue;
+				int64 due = DueAt(slot);
+				// A reaper that did not get going (crash, no worker slot):
+				// not again within kStartBackoffUs.
+				if (slot.last_start_attempt != 0 && now - slot.last_start_attempt < BackoffUs(slot))
+					due = Max(due, slot.last_start_attempt + BackoffUs(slot));
+				if (due > now) {
+					*next_due = Min(*next_due, due);
+					continue;
+				}
+				if (!best || due < best_due) {
+					best = &slot;
+					best_due = due;
+				}
+			}
+			if (!best)
+				break;
+			if (n >= max || (budget > 0 && running >= budget)) {
+				// Not startable now: count every database still due.
+				for (const Slot &slot : AllSlots())
+					if (slot.dboid != InvalidOid && !ReaperAlive(slot) && !StartReserved(slot, now) &&
+					    !slot.stop_requested && DueAt(slot) <= now &&
+					    (slot.last_start_attempt == 0 || now - slot.last_start_attempt >= BackoffUs(slot)))
+						(*waiting)++;
+				break;
+			}
+			best->start_reserved_at = now;
+			best->last_start_attempt = now;
+			running++;
+			out[n++] = best->dboid;
+		}
+		// More waiting than places: ask the reapers idle longest to leave,
+		// each after a pass of its own since it started.
+		int to_evict = *waiting + (running >= budget && budget > 0 ? Min(looks_waiting, 1) : 0) - yielding;
+		while (to_evict > 0 && evicted < static_cast<int>(lengthof(evict))) {
+			Slot *victim = nullptr;
+			for (Slot &slot : AllSlots()) {
+				if (slot.dboid == InvalidOid || !ReaperAlive(slot) || slot.yield_requested || !slot.latch ||
+				    slot.last_pass_at < slot.started_at || slot.passes == 0)
+					continue;
+				if (!victim || slot.last_work_at < victim->last_work_at)
+					victim = &slot;
+			}
+			if (!victim)
+				break;
+			victim->yield_requested = true;
+			evict[evicted++] = victim->latch;
+			to_evict--;
+		}
+	}
+	for (int i = 0; i < evicted; ++i)
+		SetLatch(evict[i]);
+	return n;
+}
+
+void NoteWork(Oid dboid, TimestampTz now)
+{
+	Attach();
+	Locked lock;
+	if (Slot *slot = Find(dboid))
+		slot->last_work_at = now;
+}
+
+bool ShouldLeaveIdle(Oid dboid, TimestampTz now, int64 idle_us, int budget)
+{
+	Attach();
+	Locked lock;
+	if (registry->launcher_pid == 0 || budget <= 0)
+		return false;
+	Slot *slot = Find(dboid);
+	if (!slot || slot->passes == 0 || now - slot->last_work_at < idle_us)
+		return false;
+	int databases = 0;
+	for (const Slot &other : AllSlots())
+		if (other.dboid != InvalidOid && !other.stop_requested && ++databases > budget)
+			return true;
+	return false;
+}
+
+bool YieldRequested(Oid dboid)
+{
+	Attach();
+	Locked lock;
+	Slot *slot = Find(dboid);
+	return slot && slot->yield_requested;
+}
+
+void ReleaseReaperForVisit(Oid dboid, int32 pid, TimestampTz next_visit, bool orderly)
+{
+	if (!registry)
+		return;
+	{
+		Locked lock;
+		Slot *slot = Find(dboid);
+		if (slot && slot->pid == pid) {
+			slot->visit_due = next_visit;
+			// Left in good order (gave its place): no back-off. Any other exit
+			// (terminated, crashed, its database wanted): the next start waits
+			// kStartBackoffUs, so a reaper that keeps failing is no fork loop.
+			// Without a launcher the next heartbeat starts one (as before 1.2).
+			if (orderly)
+				slot->last_start_attempt = 0;
+			else if (registry->launcher_pid != 0)
+				slot->last_start_attempt = GetCurrentTimestamp();
+		}
+	}
+	ReleaseReaper(dboid, pid, false);
+}
+
+uint64 RefusedCount()
+{
+	Attach();
+	Locked lock;
+	return registry->refused;
+}
+
+bool Known(Oid dboid)
+{
+	Attach();
+	Locked lock;
+	return Find(dboid) != nullptr;
 }
 
 void BeginPass(Oid dboid)
@@ -575,6 +938,8 @@ void NoteSessionEnded(Oid dboid, int32 pid, TimestampTz backend_start, Timestamp
 	}
 	if (latch)
 		SetLatch(latch);
+	else
+		WakeLauncher(); // no reaper in this database now: the launcher starts one
 }
 
 namespace
@@ -639,7 +1004,9 @@ int Snapshot(SlotView *out, int max)
 	Attach();
 	Locked lock;
 	int n = 0;
-	for (const Slot &slot : registry->slots) {
+	TimestampTz now = GetCurrentTimestamp();
+	bool launcher = registry->launcher_pid != 0;
+	for (const Slot &slot : AllSlots()) {
 		if (slot.dboid == InvalidOid || n >= max)
 			continue;
 		SlotView &view = out[n++];
@@ -647,6 +1014,20 @@ int Snapshot(SlotView *out, int max)
 		view.pid = slot.pid;
 		view.stop_requested = slot.stop_requested;
 		CopyField(view.state, slot.state);
+		if (slot.pid == 0 && !slot.stop_requested) {
+			// Why this database has no reaper now.
+			const char *why = nullptr;
+			if (slot.failed_since != 0 && (now - slot.failed_since > kNoWorkerShownAfterUs || !launcher))
+				why = kStateNoWorker;
+			else if (StartReserved(slot, now))
+				why = kStateStarting;
+			else if (launcher) {
+				int64 due = DueAt(slot);
+				why = due != core::DeathSchedule::kNever && now - due > kOverdueUs ? kStateWaiting : kStateScheduled;
+			}
+			if (why)
+				strlcpy(view.state, why, sizeof view.state);
+		}
 		view.started_at = slot.started_at;
 		view.last_pass_at = slot.last_pass_at;
 		view.last_pass_ms = slot.last_pass_ms;

@@ -30,11 +30,11 @@ extern "C" {
 namespace wh::registry
 {
 
-// One slot per database with the extension (a named constant: scale-out
-// beyond it is a later change of this number or of the storage).
-inline constexpr int kSlots = 32;
+// One slot per database with the extension: worker_heartbeat.max_databases
+// of them (read when the registry is created: at server start when
+// preloaded, else at first use). Capacity() is the number in force.
 // Bump when Slot or Registry changes (reaper_registry.cpp static_asserts it).
-inline constexpr uint32 kLayoutVersion = 2;
+inline constexpr uint32 kLayoutVersion = 3;
 inline constexpr int kEndedSessions = 16;
 
 struct EndedSession {
@@ -44,11 +44,19 @@ struct EndedSession {
 };
 
 // A copy of one slot, for reaper_status() and the launcher.
+// reaper_status().state of a database whose reaper does not run (besides
+// 'not running' and 'stopped'): see src/README.md, "Scale-out".
+inline constexpr const char *kStateScheduled = "scheduled";
+inline constexpr const char *kStateWaiting = "waiting for a reaper slot";
+inline constexpr const char *kStateNoWorker = "no worker slot (max_worker_processes)";
+inline constexpr const char *kStateRegistryFull = "registry full (max_databases)";
+inline constexpr const char *kStateStarting = "starting";
+
 struct SlotView {
 	Oid dboid;
 	int32 pid;
 	bool stop_requested;
-	char state[32];
+	char state[48];
 	TimestampTz started_at;
 	TimestampTz last_pass_at;
 	double last_pass_ms;
@@ -67,6 +75,8 @@ struct PassRecord {
 };
 
 Size ShmemSize();
+// Slots in the registry (worker_heartbeat.max_databases when it was created).
+int Capacity();
 // Creates the registry on first use (at startup when preloaded). Errors with
 // a hint to preload the library if the server has no spare shared memory.
 void Attach();
@@ -109,6 +119,42 @@ void ClearStop(Oid dboid);
 // Sets the reaper's latch; inside a transaction, when it commits.
 void Wake(Oid dboid);
 
+// --- the budget of reapers and the launcher (scale-out) ---------------------
+// A start is reserved under the registry's lock before the background worker
+// is registered, so that at most `budget` reapers run or are starting at once
+// (budget <= 0: no limit, without preload). A reservation ends when the
+// reaper claims its slot, exits, or after kReserveTimeoutUs.
+// Starting: a start is reserved but no reaper claimed the slot yet (a first
+// look may be on its way out, not seeing an extension still being created).
+enum class ReserveResult { Reserved, AlreadyRunning, Starting, Stopped, NoBudget, NoSlot };
+ReserveResult ReserveStart(Oid dboid, TimestampTz now, int budget, bool create_slot);
+// RegisterDynamicBackgroundWorker failed: shown as kStateNoWorker until a
+// reaper claims the slot.
+void StartFailed(Oid dboid);
+// The database needs a visit now (a start that found no budget): wakes the launcher.
+void RequestVisit(Oid dboid, TimestampTz at);
+bool LauncherRunning();
+void SetLauncher(int32 pid, Latch *latch); // pid 0: gone
+void WakeLauncher();
+// The launcher's round: reserves starts for the most overdue databases while
+// the budget allows (written to out, at most max), asks the longest-idle
+// reapers to make room when more are waiting, and returns in *next_due the
+// earliest future moment a database without a reaper needs one.
+// looks_waiting: databases never looked at (the launcher's list) also want a place.
+int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting, int looks_waiting);
+// A reaper's pass did something (deaths, releases): it is a busy one.
+void NoteWork(Oid dboid, TimestampTz now);
+// More databases than the budget and this reaper found nothing to do for
+// idle_us: it leaves (the launcher brings one back when the database is due).
+bool ShouldLeaveIdle(Oid dboid, TimestampTz now, int64 idle_us, int budget);
+// The launcher asked this reaper to give its place to another database.
+bool YieldRequested(Oid dboid);
+// How the reaper leaves: its slot says when the database needs the next visit.
+// orderly (it gave its place away): the next start needs no back-off.
+void ReleaseReaperForVisit(Oid dboid, int32 pid, TimestampTz next_visit, bool orderly);
+// Databases refused a slot because the registry was full (since server start).
+uint64 RefusedCount();
+
 // --- the schedule of the next overdue check (see core/death_schedule.hpp) --
 // A check computes the next deadline from its snapshot; a change that its
 // snapshot cannot see must not be overwritten by it. So:
@@ -143,6 +189,10 @@ int PeekEndedSessions(Oid dboid, EndedSession *out, int max);
 void RequestSessionCheck(Oid dboid);
 
 // --- views -------------------------------------------------------------------
+// The state of a slot without a running reaper is computed at read time
+// (scheduled / waiting / no worker slot / not running / stopped).
 int Snapshot(SlotView *out, int max);
+// True when dboid has a slot.
+bool Known(Oid dboid);
 
 } // namespace wh::registry

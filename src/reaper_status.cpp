@@ -34,9 +34,20 @@ Datum wh_reaper_status_1_2(PG_FUNCTION_ARGS)
 	WH_GUARDED({
 		InitMaterializedSRF(fcinfo, 0);
 		auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
-		auto *views =
-		    static_cast<wh::registry::SlotView *>(palloc(sizeof(wh::registry::SlotView) * wh::registry::kSlots));
-		int n = wh::registry::Snapshot(views, wh::registry::kSlots);
+		int capacity = wh::registry::Capacity();
+		auto *views = static_cast<wh::registry::SlotView *>(palloc(sizeof(wh::registry::SlotView) * (capacity + 1)));
+		int n = wh::registry::Snapshot(views, capacity);
+		// This database has the extension (we run in it) but no slot, and
+		// every slot is taken: it is not reaped, and says so (never silent).
+		bool listed = false;
+		for (int i = 0; i < n && !listed; ++i)
+			listed = views[i].dboid == MyDatabaseId;
+		if (!listed && n >= capacity) {
+			wh::registry::SlotView &v = views[n++];
+			memset(&v, 0, sizeof v);
+			v.dboid = MyDatabaseId;
+			strlcpy(v.state, wh::registry::kStateRegistryFull, sizeof v.state);
+		}
 		for (int i = 0; i < n; ++i) {
 			const wh::registry::SlotView &v = views[i];
 			constexpr int kColumns = 11;

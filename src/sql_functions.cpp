@@ -180,8 +180,8 @@ Datum wh_reaper_status(PG_FUNCTION_ARGS)
 		InitMaterializedSRF(fcinfo, 0);
 		auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
 		wh::registry::SlotView *views =
-		    static_cast<wh::registry::SlotView *>(palloc(sizeof(wh::registry::SlotView) * wh::registry::kSlots));
-		int n = wh::registry::Snapshot(views, wh::registry::kSlots);
+		    static_cast<wh::registry::SlotView *>(palloc(sizeof(wh::registry::SlotView) * wh::registry::Capacity()));
+		int n = wh::registry::Snapshot(views, wh::registry::Capacity());
 		for (int i = 0; i < n; ++i) {
 			const wh::registry::SlotView &v = views[i];
 			Datum values[10];
@@ -217,14 +217,8 @@ Datum wh_start_reaper(PG_FUNCTION_ARGS)
 			                errdetail("It starts by itself after promotion.")));
 		(void)wh::catalog::RequireExtension();
 		wh::registry::ClearStop(MyDatabaseId);
-		if (wh::registry::ReaperRunning(MyDatabaseId))
-			PG_RETURN_BOOL(false);
-		if (!wh::reaper::StartForDatabase(MyDatabaseId,
-		                                  !IsBinaryUpgrade && GetTopTransactionIdIfAny() == InvalidTransactionId))
-			ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_RESOURCES), errmsg("could not start the reaper"),
-			                errhint("Raise max_worker_processes: every database with worker_heartbeat needs one "
-			                        "background worker.")));
-		PG_RETURN_BOOL(true);
+		PG_RETURN_BOOL(wh::reaper::StartFromSql()); // within max_reapers; says why when it cannot
+
 	});
 }
 
