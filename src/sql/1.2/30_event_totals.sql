@@ -255,10 +255,13 @@ SELECT pg_catalog.concat_ws(E'\n',
                 'worker_heartbeat_dead_after_seconds{worker_type="%s"} %s', d.lt, d.secs),
                 E'\n' ORDER BY d.lt)
        FROM dead_after AS d),
-    '# HELP worker_heartbeat_reaper_up 1 if a reaper process runs for this database (reaper_status().pid is set), else 0.',
+    '# HELP worker_heartbeat_reaper_up 1 if this database is reaped (a reaper runs, or it is served in rotation: reaper_status().state scheduled), else 0 (waiting for a reaper slot, no worker slot, registry full, not running, stopped).',
     '# TYPE worker_heartbeat_reaper_up gauge',
     (SELECT pg_catalog.format('worker_heartbeat_reaper_up %s',
-                CASE WHEN EXISTS (SELECT FROM reaper AS r WHERE r.pid IS NOT NULL) THEN 1 ELSE 0 END)),
+                CASE WHEN EXISTS (SELECT FROM reaper AS r
+                                   WHERE r.pid IS NOT NULL
+                                      OR r.state OPERATOR(pg_catalog.=) ANY (ARRAY['scheduled', 'starting']))
+                     THEN 1 ELSE 0 END)),
     '# HELP worker_heartbeat_reaper_passes_total Reaping passes of this database''s reaper since server start.',
     '# TYPE worker_heartbeat_reaper_passes_total counter',
     (SELECT pg_catalog.format('worker_heartbeat_reaper_passes_total %s', COALESCE(r.passes, 0))
