@@ -49,8 +49,9 @@ my $visit_interval = $ENV{WH_SCALEOUT_VISIT_INTERVAL} // '10min';
 sub idle_cpu
 {
 	my ($node, $seconds) = @_;
-	my $pm = $node->safe_psql('postgres', 'SELECT pg_backend_pid()');    # any backend: its parent is the postmaster
-	my $postmaster = (split ' ', slurp_file("/proc/$pm/stat") =~ s/^.*\) //r)[1];
+	# The postmaster's pid: the first line of postmaster.pid (a backend's
+	# /proc entry may be gone by the time we read it).
+	my ($postmaster) = split /\n/, slurp_file($node->data_dir . '/postmaster.pid');
 	my $sample = sub {
 		my $ticks = 0;
 		my @pm = split ' ', (slurp_file("/proc/$postmaster/stat") =~ s/^.*\) //r);

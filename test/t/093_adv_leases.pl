@@ -1,6 +1,8 @@
 # Adversarial suite, leases (helper H5b): registration, releases, NOTIFY
 # payloads, tokens. Each case names the issue item it covers; each failed on
-# b002846. Preloaded; reap_interval 200 ms.
+# b002846. Preloaded; reap_interval 200 ms. 095_adv_leases_not_preloaded.pl
+# runs the same cases on a server without shared_preload_libraries
+# (WH_ADV_PRELOAD=0).
 #
 # Part 1 runs with the reaper stopped (SQL-called passes, deterministic);
 # part 2 with the reaper running.
@@ -11,10 +13,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('adv_leases');
+my $preload = ($ENV{WH_ADV_PRELOAD} // '1') ne '0';
+my $node = PostgreSQL::Test::Cluster->new($preload ? 'adv_leases' : 'adv_leases_np');
 $node->init;
+$node->append_conf('postgresql.conf',
+	$preload ? "shared_preload_libraries = 'worker_heartbeat'\n" : "shared_preload_libraries = ''\n");
 $node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'worker_heartbeat'
 max_worker_processes = 16
 worker_heartbeat.reap_interval = '200ms'
 worker_heartbeat.pass_lock_timeout = '100ms'
