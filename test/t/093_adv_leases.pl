@@ -157,8 +157,15 @@ is(scalar(@payloads), 1, '12.3 (decision): notify_payload = minimal still announ
 like($payloads[0] // '', qr/^\{"event":"started","event_id":\d+,"worker_id":"m-1","at":"[^"]+"\}$/,
 	'12.3 (decision): ... with event, event_id, worker_id and at only');
 unlike($payloads[0] // '', qr/secret_type/, '12.3 (decision): ... not the worker type');
-($ret, $out, $err) = $node->psql('postgres', q{SET ROLE svc; SET worker_heartbeat.notify_payload = full;});
-isnt($ret, 0, '12.3 (decision): only a superuser may change notify_payload');
+SKIP:
+{
+	# Without preload a session that has not loaded the library knows the
+	# setting only as a placeholder, which any role may set (PostgreSQL's
+	# rule); it is discarded, with a WARNING, when the library loads.
+	skip('notify_payload is a placeholder until the library is loaded (not preloaded)', 1) unless $preload;
+	($ret, $out, $err) = $node->psql('postgres', q{SET ROLE svc; SET worker_heartbeat.notify_payload = full;});
+	isnt($ret, 0, '12.3 (decision): only a superuser may change notify_payload');
+}
 
 # --- 13.3: no event and no NOTIFY for a release that was rolled back -------------------
 sql(q{
@@ -228,12 +235,14 @@ $gatekeeper->query_safe('SELECT pg_advisory_lock(4242)');
 my $stopper = $node->background_psql('postgres');
 # The reload reaches this session at its next command.
 my $seen_timeout = '';
-for (my $i = 0; $i < 600 && $seen_timeout ne '1min'; ++$i)
+# '1min' once the library defines the setting; '60s' as typed while it is a
+# placeholder (not preloaded).
+for (my $i = 0; $i < 600 && $seen_timeout !~ /^(1min|60s)$/; ++$i)
 {
 	$seen_timeout = $stopper->query_safe('SHOW worker_heartbeat.pass_lock_timeout');
-	select(undef, undef, undef, 0.05) if $seen_timeout ne '1min';
+	select(undef, undef, undef, 0.05) if $seen_timeout !~ /^(1min|60s)$/;
 }
-is($seen_timeout, '1min', '13.8: the releasing session waits on locks up to a minute');
+like($seen_timeout, qr/^(1min|60s)$/, '13.8: the releasing session waits on locks up to a minute');
 $stopper->query_safe(q{SET app.block = 'on'});
 $stopper->query_until(qr/stopping/, "\\echo stopping\nSELECT pm_pipeline.stop_worker('w-race');\n");
 ok( $node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
