@@ -54,7 +54,9 @@ function npm(args, cwd) {
 test('npm pack, npm install <tarball>, then the snippet runs (CJS and ESM)', async () => {
   const packDir = path.join(dir, 'pack');
   fs.mkdirSync(packDir);
-  const packed = JSON.parse(npm(['pack', '--json', '--pack-destination', packDir, PKG], packDir));
+  // npm 9-11 print an array of packages; npm 12 an object keyed by package name.
+  const json = JSON.parse(npm(['pack', '--json', '--pack-destination', packDir, PKG], packDir));
+  const packed = Array.isArray(json) ? json : Object.values(json);
   const files = packed[0].files.map((f) => f.path).sort();
   assert.deepEqual(files, ['README.md', 'lib/index.cjs', 'lib/index.d.mts', 'lib/index.d.ts', 'lib/index.mjs', 'package.json']);
   const tarball = path.join(packDir, packed[0].filename);
