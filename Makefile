@@ -11,7 +11,9 @@ OBJS        = $(CXX_SOURCES:.cpp=.o)
 SQL_10_PARTS := $(sort $(wildcard src/sql/1.0/*.sql))
 SQL_11_PARTS := $(sort $(wildcard src/sql/1.1/*.sql))
 SQL_12_PARTS := $(sort $(wildcard src/sql/1.2/*.sql))
-DATA_built   = worker_heartbeat--1.0.sql worker_heartbeat--1.0--1.1.sql worker_heartbeat--1.1--1.2.sql
+SQL_13_PARTS := $(sort $(wildcard src/sql/1.3/*.sql))
+DATA_built   = worker_heartbeat--1.0.sql worker_heartbeat--1.0--1.1.sql worker_heartbeat--1.1--1.2.sql \
+               worker_heartbeat--1.2--1.3.sql
 
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=plpgsql
@@ -46,6 +48,9 @@ worker_heartbeat--1.0--1.1.sql: $(SQL_11_PARTS)
 	cat $^ > $@
 
 worker_heartbeat--1.1--1.2.sql: $(SQL_12_PARTS)
+	cat $^ > $@
+
+worker_heartbeat--1.2--1.3.sql: $(SQL_13_PARTS)
 	cat $^ > $@
 
 # PGXS links C++ objects with the C compiler's rules; make sure C++ objects
