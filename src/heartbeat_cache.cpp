@@ -186,8 +186,10 @@ bool Available()
 	return Get() != nullptr;
 }
 
-bool TryFastBeat(const Beat &beat)
+bool TryFastBeat(const Beat &beat, bool *changed)
 {
+	if (changed)
+		*changed = false;
 	if (!Get() || !Table::Fits(beat.worker_id_len))
 		return false;
 	// Only a reaper that flushes makes an absorbed beat reach the table; with
@@ -204,6 +206,8 @@ bool TryFastBeat(const Beat &beat)
 			if (beat.at > entry->last_beat)
 				entry->last_beat = beat.at;
 			absorbed = true;
+		} else if (changed && entry->live) {
+			*changed = true;
 		}
 		SpinLockRelease(&entry->mutex);
 	}

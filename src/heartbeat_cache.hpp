@@ -47,8 +47,10 @@ struct Beat {
 	TimestampTz at;
 };
 
-// True when the beat was absorbed (nothing else to do).
-bool TryFastBeat(const Beat &beat);
+// True when the beat was absorbed (nothing else to do). *changed (optional)
+// is set when the cache holds this worker with other arguments: the row
+// needs the full write, a plain touch of its timestamp cannot match.
+bool TryFastBeat(const Beat &beat, bool *changed = nullptr);
 // After the table was written: refresh the entry when this transaction commits.
 void RememberAtCommit(const Beat &beat);
 void Forget(Oid dboid, const char *worker_id, int worker_id_len);
