@@ -110,18 +110,9 @@ template <typename Value> class BeatTable
 	{
 		if (!Fits(len))
 			return nullptr;
-		std::uint32_t hash = HashBeatKey(dboid, id, len);
-		std::uint32_t mask = nbuckets_ - 1;
-		for (std::uint32_t b = hash & mask;; b = (b + 1) & mask) {
-			const Bucket &bucket = Buckets()[b];
-			if (bucket.slot == 0)
-				return nullptr;
-			if (bucket.hash == hash) {
-				Entry *e = EntryAt(bucket.slot - 1);
-				if (Matches(e->key, dboid, id, len))
-					return &e->value;
-			}
-		}
+		bool hit = false;
+		std::uint32_t b = Probe(dboid, id, len, &hit);
+		return hit ? &EntryAt(Buckets()[b].slot - 1)->value : nullptr;
 	}
 
 	// The entry of the key, created (Value zeroed, *found false) if missing;
@@ -131,21 +122,9 @@ template <typename Value> class BeatTable
 		*found = false;
 		if (!Fits(len))
 			return nullptr;
-		std::uint32_t hash = HashBeatKey(dboid, id, len);
-		std::uint32_t mask = nbuckets_ - 1;
-		std::uint32_t b = hash & mask;
-		for (;; b = (b + 1) & mask) {
-			const Bucket &bucket = Buckets()[b];
-			if (bucket.slot == 0)
-				break;
-			if (bucket.hash == hash) {
-				Entry *e = EntryAt(bucket.slot - 1);
-				if (Matches(e->key, dboid, id, len)) {
-					*found = true;
-					return &e->value;
-				}
-			}
-		}
+		std::uint32_t b = Probe(dboid, id, len, found);
+		if (*found)
+			return &EntryAt(Buckets()[b].slot - 1)->value;
 		if (free_head_ == 0)
 			return nullptr; // full
 		std::uint32_t index = free_head_ - 1;
@@ -155,7 +134,7 @@ template <typename Value> class BeatTable
 		e->key.dboid = dboid;
 		e->key.len = static_cast<std::uint32_t>(len);
 		std::memcpy(e->key.id, id, len);
-		Buckets()[b] = Bucket{hash, index + 1};
+		Buckets()[b] = Bucket{HashBeatKey(dboid, id, len), index + 1};
 		++count_;
 		return &e->value;
 	}
@@ -164,17 +143,11 @@ template <typename Value> class BeatTable
 	{
 		if (!Fits(len))
 			return false;
-		std::uint32_t hash = HashBeatKey(dboid, id, len);
-		std::uint32_t mask = nbuckets_ - 1;
-		for (std::uint32_t b = hash & mask;; b = (b + 1) & mask) {
-			const Bucket &bucket = Buckets()[b];
-			if (bucket.slot == 0)
-				return false;
-			if (bucket.hash == hash && Matches(EntryAt(bucket.slot - 1)->key, dboid, id, len)) {
-				RemoveBucket(b);
-				return true;
-			}
-		}
+		bool hit = false;
+		std::uint32_t b = Probe(dboid, id, len, &hit);
+		if (hit)
+			RemoveBucket(b);
+		return hit;
 	}
 
 	// Calls visit(const BeatKey &, Value &) for every entry, in no order.
@@ -244,6 +217,26 @@ template <typename Value> class BeatTable
 	static bool Matches(const BeatKey &key, std::uint32_t dboid, const char *id, std::size_t len)
 	{
 		return key.dboid == dboid && key.len == len && std::memcmp(key.id, id, len) == 0;
+	}
+
+	// The bucket holding the key (*hit), else the empty bucket that ends its
+	// probe, where it would go. There is always an empty bucket: at least
+	// twice as many buckets as entries.
+	std::uint32_t Probe(std::uint32_t dboid, const char *id, std::size_t len, bool *hit)
+	{
+		std::uint32_t hash = HashBeatKey(dboid, id, len);
+		std::uint32_t mask = nbuckets_ - 1;
+		const Bucket *buckets = Buckets();
+		for (std::uint32_t b = hash & mask;; b = (b + 1) & mask) {
+			if (buckets[b].slot == 0) {
+				*hit = false;
+				return b;
+			}
+			if (buckets[b].hash == hash && Matches(EntryAt(buckets[b].slot - 1)->key, dboid, id, len)) {
+				*hit = true;
+				return b;
+			}
+		}
 	}
 
 	// Empties bucket b, frees its entry and moves back the buckets after it
