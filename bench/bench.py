@@ -6,7 +6,11 @@ One run starts two throwaway clusters in a temp dir (removed at exit):
      db "seed"  - the seed's design (seed_schema.sql, loaded verbatim)
      db "ext"   - CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline
   B: no preload (the hosted-Supabase case)
-     db "extnp" - the extension, every heartbeat is a table write
+     db "extnp" - the extension; before PostgreSQL 17 every heartbeat is a
+                  table write, from 17 an unchanged one is absorbed in a DSM
+                  segment (issue 17 item 1)
+     db "seed"  - the seed's design again, for the heartbeat figures side by
+                  side with "extnp" in one cluster
 and prints one table. Every number is measured in this run; the only computed
 figure (the seed's kill -> lease back time, which is a 5 min + 60 s cycle) is
 labelled as such.
@@ -386,6 +390,52 @@ def hb_script(P):
                         "'company_research', 'active');\n" % P["hb_workers"])
 
 
+def setup_seed_np():
+    """The seed's design in cluster B too (database "seed"), so that the
+    not-preloaded extension is measured side by side with it in one cluster
+    (issue 17 item 1: on PostgreSQL 17+ the heartbeat cache lives in a DSM
+    segment without preload). [] when there is no cluster B."""
+    if ENV.B is None or not any(k == "extnp" for k, _, _ in ENV.sides):
+        return []
+    try:
+        with ENV.B.connect("postgres") as c:
+            c.execute("CREATE DATABASE seed")
+            ENV.np_major = int(q1(c, "SHOW server_version_num")) // 10000
+        with ENV.B.connect("seed") as c:
+            with open(ENV.seed_sql) as f:
+                c.execute(f.read())
+    except psycopg.Error as e:
+        ENV.side_errors["seednp"] = "setup failed: %s" % str(e).strip().splitlines()[0]
+        return []
+    return [("seednp", ENV.B, "seed")]
+
+
+def np_cached():
+    """Whether the not-preloaded extension has a heartbeat cache (PostgreSQL
+    17+: the DSM registry), whose flushes the WAL windows must include."""
+    return getattr(ENV, "np_major", 0) >= 17
+
+
+def hb_np_report(P, R, out):
+    """Issue 17 item 1: the not-preloaded extension against the seed's design
+    in the same cluster (B); the goals are judged from PostgreSQL 17 on."""
+    n, s = R["extnp"], R.get("seednp", {})
+    if n.get("hb_per_s") is None or s.get("hb_per_s") is None:
+        return []
+    major = getattr(ENV, "np_major", 0)
+    out.write("\nnot preloaded, side by side with the seed's design in cluster B (PostgreSQL %d, %s): "
+              "%.0f hb/s vs %.0f hb/s = %.2fx; WAL %.1f B vs %.1f B per heartbeat = %.1f%%\n"
+              % (major, "heartbeat cache in a DSM segment" if np_cached() else "no cache before 17: every beat a write",
+                 n["hb_per_s"], s["hb_per_s"], n["hb_per_s"] / s["hb_per_s"],
+                 n["wal_per_hb"], s["wal_per_hb"], 100.0 * n["wal_per_hb"] / s["wal_per_hb"]))
+    if not np_cached():
+        return []
+    return [("not preloaded on %d: heartbeats/s vs the seed in the same cluster" % major, "np >= 5x seed (cluster B)",
+             n["hb_per_s"] >= 5 * s["hb_per_s"]),
+            ("not preloaded on %d: WAL per heartbeat vs the seed in the same cluster" % major,
+             "np <= 10% of seed (cluster B)", n["wal_per_hb"] <= 0.10 * s["wal_per_hb"])]
+
+
 def fig_heartbeats(P, R):
     """Figures 1-3. hb/s: median of short timed pgbench runs, interleaved side by
     side with the ceiling (SELECT 1). Then every side is topped up to hb_total
@@ -397,15 +447,19 @@ def fig_heartbeats(P, R):
     script = hb_script(P)
     sel1 = write_script("select1.sql", "SELECT 1;\n")
     rel = "pm_pipeline.worker_heartbeats"
-    sides = variants()
+    sides = variants() + setup_seed_np()
+    R.setdefault("seednp", {})
     acc = {}   # key -> dict(done, wal)
+    # sides whose beats stay in shared memory: their windows end after two
+    # reaper passes, so that the flushes are counted
+    cached = ("ext", "extnp") if np_cached() else ("ext",)
 
     def first_beats(key, cl, db):
         with cl.connect(db) as c:
             c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('w' || g, "
                       "'company_research', 'active') FROM generate_series(1, %s) g"
                       % P["hb_workers"])
-            if key == "ext":
+            if key in cached:
                 wait_reaper_passes(cl, db, 1)
             c.execute("VACUUM ANALYZE %s" % rel)
             R[key]["size_first"] = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
@@ -431,7 +485,7 @@ def fig_heartbeats(P, R):
                 r = parse_pgbench(p.returncode, out, ["heartbeats " + key])
             if r["failed"]:
                 raise RuntimeError("%s: %d heartbeats failed" % (key, r["failed"]))
-            if key == "ext":
+            if key in cached:
                 wait_reaper_passes(cl, db, 2)
             lsn1 = q1(c, "SELECT pg_current_wal_lsn()")
             acc[key]["wal"] += float(q1(c, "SELECT pg_wal_lsn_diff(%s, %s)", (lsn1, lsn0)))
@@ -1111,6 +1165,7 @@ def main():
     out.write("extension = preloaded (cluster A); not preloaded = cluster B; seed design = "
               "seed_schema.sql in cluster A; ratios from this run\n\n")
     print_table(header, lines, out)
+    verdicts += hb_np_report(P, R, out)  # issue 17 item 1
     out.write("\nclaims/s: 'ceiling' is the same claim on the same queue table in a database without "
               "the extension, with no heartbeats; seed runs its own heartbeats at the same rate (%.0f/s).\n" % R.get("_claim_hb_rate", 0))
     out.write("claims/s samples (median taken): %s\n" % "; ".join(

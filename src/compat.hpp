@@ -22,6 +22,7 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "fmgr.h"
 #include "postmaster/bgworker.h"
+#include "storage/lwlock.h"
 #include "utils/acl.h"
 #include "utils/snapshot.h"
 }
@@ -166,7 +167,41 @@ static inline void *wh_get_named_dsm_segment(const char *name, size_t size, WhDs
 }
 #else
 #define WH_HAVE_DSM_REGISTRY 0
+// Before 17 there is no DSM registry: no segment (callers keep their
+// not-preloaded path).
+using WhDsmInitCallback = void (*)(void *segment);
+static inline void *wh_get_named_dsm_segment(const char *, size_t, WhDsmInitCallback, bool *found)
+{
+	*found = false;
+	return nullptr;
+}
 #endif
+
+// LWLocks in memory made after startup (a DSM segment) need a tranche id
+// taken at run time: LWLockNewTrancheId() once, by whoever initialises the
+// segment (the id is kept in the segment), and LWLockRegisterTranche() in
+// every process that uses the locks, so that wait events name them. PG 19
+// gives the name to LWLockNewTrancheId and drops LWLockRegisterTranche (the
+// names live in shared memory). (PG 19, untested.)
+static inline int wh_lwlock_new_tranche_id(const char *name)
+{
+#if WH_PG19_GE
+	return LWLockNewTrancheId(name);
+#else
+	int id = LWLockNewTrancheId();
+	LWLockRegisterTranche(id, name);
+	return id;
+#endif
+}
+static inline void wh_lwlock_register_tranche(int id, const char *name)
+{
+#if WH_PG19_GE
+	(void)id;
+	(void)name;
+#else
+	LWLockRegisterTranche(id, name);
+#endif
+}
 
 // ---------------------------------------------------------------------------
 // Considered for PG 18 and left (see docs/install.md "PostgreSQL 18"):

@@ -1,17 +1,16 @@
 #include "heartbeat_cache.hpp"
 
+#include "core/beat_table.hpp"
 #include "core/worker_status.hpp"
 #include "reaper_registry.hpp"
 #include "settings.hpp"
 #include "shared_state.hpp"
 
 #include <cstring>
-#include <type_traits>
 
 extern "C" {
 #include "access/xact.h"
 #include "storage/ipc.h"
-#include "utils/hsearch.h"
 #include "utils/memutils.h"
 }
 
@@ -21,13 +20,7 @@ namespace wh::cache
 namespace
 {
 
-struct Key {
-	Oid dboid;
-	char worker_id[core::kMaxIdentifierBytes + 1];
-};
-
-struct Entry {
-	Key key; // must come first (dynahash)
+struct Value {
 	slock_t mutex;
 	bool live;
 	Oid function_oid;
@@ -36,41 +29,92 @@ struct Entry {
 	TimestampTz last_beat;
 	TimestampTz flushed_beat;
 };
+using Table = core::BeatTable<Value>;
 
-// Shared memory holds these as raw bytes; the key is hashed as a blob.
-static_assert(std::is_trivially_copyable<Entry>::value && offsetof(Entry, key) == 0);
-// Bump when Key or Entry changes: the segment's name carries it.
-constexpr int kLayoutVersion = 2;
+// Bump when Value or the table's layout changes: the segment's name and the
+// table's header carry it.
+constexpr uint32 kLayoutVersion = 3;
+constexpr const char *kTrancheName = "worker_heartbeat cache";
 
-HTAB *table = nullptr;
+Table *table = nullptr;
 LWLock *lock = nullptr;
-bool requested = false;
+bool requested = false;   // preloaded: the main shared memory holds the table
+bool dsm_refused = false; // not preloaded: no DSM registry (before 17), or another build's segment
 
-// False for an id the cache cannot hold (longer than any valid worker_id: a
-// row restored or written around the CHECK): such a worker is never cached
-// and always goes to the table.
-bool MakeKey(Oid dboid, const char *worker_id, int len, Key *key)
+// Not preloaded (PostgreSQL 17+): the segment found by name in the DSM
+// registry. The lock and its tranche id come first, the table after; the
+// table holds no pointer (core/beat_table.hpp), since every backend maps the
+// segment at an address of its own.
+struct DsmHeader {
+	LWLock lock;
+	int tranche_id;
+	uint32 layout_version;
+};
+constexpr Size kDsmTableOffset = MAXALIGN(sizeof(DsmHeader));
+
+// Without preload worker_heartbeat.max_workers is not defined (a postmaster
+// setting): its default sizes the segment, the same in every backend.
+uint32 Capacity()
 {
-	if (len < 0 || static_cast<size_t>(len) > core::kMaxIdentifierBytes)
-		return false;
-	memset(key, 0, sizeof *key);
-	key->dboid = dboid;
-	memcpy(key->worker_id, worker_id, len);
-	return true;
+	return static_cast<uint32>(Max(settings::max_workers, 1));
+}
+
+Size DsmSize()
+{
+	return add_size(kDsmTableOffset, Table::BytesFor(Capacity()));
+}
+
+// Runs once per server lifetime, in the backend that creates the segment
+// (zeroed), under the DSM registry's lock: it cannot be interrupted half-way.
+void InitDsm(void *segment)
+{
+	auto *header = static_cast<DsmHeader *>(segment);
+	header->tranche_id = wh_lwlock_new_tranche_id(kTrancheName);
+	header->layout_version = kLayoutVersion;
+	LWLockInitialize(&header->lock, header->tranche_id);
+	Table::Create(static_cast<char *>(segment) + kDsmTableOffset, Capacity(), kLayoutVersion);
+}
+
+// The table, attached on first use when not preloaded (nullptr: no cache in
+// this server, every beat writes the table).
+Table *Get()
+{
+	if (table || requested || dsm_refused)
+		return table;
+	if (!IsUnderPostmaster) { // single-user mode: no reaper to flush anyway
+		dsm_refused = true;
+		return nullptr;
+	}
+	char name[64];
+	snprintf(name, sizeof name, "worker_heartbeat cache v%u/%zu/%u", kLayoutVersion, sizeof(Table::Entry), Capacity());
+	bool found = false;
+	void *segment = wh_get_named_dsm_segment(name, DsmSize(), InitDsm, &found);
+	if (!segment) {
+		dsm_refused = true;
+		return nullptr;
+	}
+	auto *header = static_cast<DsmHeader *>(segment);
+	Table *attached = Table::Attach(static_cast<char *>(segment) + kDsmTableOffset, kLayoutVersion);
+	if (!attached || header->layout_version != kLayoutVersion) {
+		dsm_refused = true;
+		return nullptr;
+	}
+	wh_lwlock_register_tranche(header->tranche_id, kTrancheName);
+	lock = &header->lock;
+	table = attached;
+	return table;
 }
 
 // The effects below run when the transaction ends (shared_state.hpp): they
-// take the cache's LWLock and an entry's spinlock, and cannot ereport.
+// take the cache's LWLock and an entry's spinlock, and cannot ereport. They
+// are queued only once the table is attached.
 
 // A beat written to the table: i[0] function oid, i[1] digest, i[2] bound pid, i[3] time.
 void ApplyRemember(const effects::Effect &e)
 {
-	Key key;
-	if (!MakeKey(e.dboid, e.id, e.id_len, &key))
-		return;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	bool found = false;
-	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_ENTER_NULL, &found));
+	Value *entry = table->Insert(e.dboid, e.id, e.id_len, &found);
 	if (entry) { // else the cache is full: this worker keeps writing the table
 		if (!found)
 			SpinLockInit(&entry->mutex);
@@ -92,12 +136,8 @@ void ApplyRemember(const effects::Effect &e)
 // A flush committed: i[0] the beat it wrote.
 void ApplyFlushed(const effects::Effect &e)
 {
-	Key key;
-	if (!MakeKey(e.dboid, e.id, e.id_len, &key))
-		return;
 	LWLockAcquire(lock, LW_SHARED);
-	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_FIND, nullptr));
-	if (entry) {
+	if (Value *entry = table->Find(e.dboid, e.id, e.id_len)) {
 		SpinLockAcquire(&entry->mutex);
 		if (e.i[0] > entry->flushed_beat)
 			entry->flushed_beat = e.i[0];
@@ -108,12 +148,12 @@ void ApplyFlushed(const effects::Effect &e)
 
 Size TableSize()
 {
-	return hash_estimate_size(settings::max_workers, sizeof(Entry));
+	return Table::BytesFor(Capacity());
 }
 
 void TableName(char (&name)[SHMEM_INDEX_KEYSIZE])
 {
-	snprintf(name, sizeof name, "worker_heartbeat heartbeat cache v%d/%zu", kLayoutVersion, sizeof(Entry));
+	snprintf(name, sizeof name, "worker_heartbeat heartbeat cache v%u/%zu", kLayoutVersion, sizeof(Table::Entry));
 }
 
 } // namespace
@@ -121,7 +161,7 @@ void TableName(char (&name)[SHMEM_INDEX_KEYSIZE])
 void RequestShmem()
 {
 	RequestAddinShmemSpace(TableSize());
-	RequestNamedLWLockTranche("worker_heartbeat cache", 1);
+	RequestNamedLWLockTranche(kTrancheName, 1);
 	requested = true;
 }
 
@@ -129,30 +169,28 @@ void InitShmem()
 {
 	if (!requested)
 		return;
-	HASHCTL info;
-	memset(&info, 0, sizeof info);
-	info.keysize = sizeof(Key);
-	info.entrysize = sizeof(Entry);
 	char name[SHMEM_INDEX_KEYSIZE];
 	TableName(name);
 	// Fixed size: a full cache never takes the server's spare shared memory;
 	// a worker that finds no room keeps writing the table.
-	table = ShmemInitHash(name, settings::max_workers, settings::max_workers, &info,
-	                      HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
-	lock = &(GetNamedLWLockTranche("worker_heartbeat cache"))->lock;
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	bool found = false;
+	void *memory = ShmemInitStruct(name, TableSize(), &found);
+	table = found ? Table::Attach(memory, kLayoutVersion) : Table::Create(memory, Capacity(), kLayoutVersion);
+	lock = &(GetNamedLWLockTranche(kTrancheName))->lock;
+	LWLockRelease(AddinShmemInitLock);
 }
 
 bool Available()
 {
-	return table != nullptr;
+	return Get() != nullptr;
 }
 
-bool TryFastBeat(const Beat &beat)
+bool TryFastBeat(const Beat &beat, bool *changed)
 {
-	if (!table)
-		return false;
-	Key key;
-	if (!MakeKey(beat.dboid, beat.worker_id, beat.worker_id_len, &key))
+	if (changed)
+		*changed = false;
+	if (!Get() || !Table::Fits(beat.worker_id_len))
 		return false;
 	// Only a reaper that flushes makes an absorbed beat reach the table; with
 	// none (stopped, not started yet, failing, read-only) the beat writes
@@ -161,14 +199,15 @@ bool TryFastBeat(const Beat &beat)
 		return false;
 	bool absorbed = false;
 	LWLockAcquire(lock, LW_SHARED);
-	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_FIND, nullptr));
-	if (entry) {
+	if (Value *entry = table->Find(beat.dboid, beat.worker_id, beat.worker_id_len)) {
 		SpinLockAcquire(&entry->mutex);
 		if (entry->live && entry->digest == beat.digest && entry->function_oid == beat.function_oid &&
 		    entry->bound_pid == beat.bound_pid) {
 			if (beat.at > entry->last_beat)
 				entry->last_beat = beat.at;
 			absorbed = true;
+		} else if (changed && entry->live) {
+			*changed = true;
 		}
 		SpinLockRelease(&entry->mutex);
 	}
@@ -178,7 +217,7 @@ bool TryFastBeat(const Beat &beat)
 
 void RememberAtCommit(const Beat &beat)
 {
-	if (!table)
+	if (!Get())
 		return;
 	effects::Effect e;
 	memset(&e, 0, sizeof e);
@@ -196,78 +235,65 @@ void RememberAtCommit(const Beat &beat)
 
 void Forget(Oid dboid, const char *worker_id, int worker_id_len)
 {
-	Key key;
-	if (!table || !MakeKey(dboid, worker_id, worker_id_len, &key))
+	if (!Get() || worker_id_len < 0 || !Table::Fits(worker_id_len))
 		return;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	hash_search(table, &key, HASH_REMOVE, nullptr);
+	table->Remove(dboid, worker_id, worker_id_len);
 	LWLockRelease(lock);
 }
 
 void ForgetDatabase(Oid dboid)
 {
-	if (!table)
+	if (!Get())
 		return;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	HASH_SEQ_STATUS scan;
-	hash_seq_init(&scan, table);
-	while (auto *entry = static_cast<Entry *>(hash_seq_search(&scan)))
-		if (entry->key.dboid == dboid)
-			hash_search(table, &entry->key, HASH_REMOVE, nullptr);
+	table->RemoveIf([dboid](const core::BeatKey &key, const Value &) { return key.dboid == dboid; });
 	LWLockRelease(lock);
 }
 
 void ForgetDatabasesExcept(const Oid *existing, int count)
 {
-	if (!table)
+	if (!Get())
 		return;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	HASH_SEQ_STATUS scan;
-	hash_seq_init(&scan, table);
-	while (auto *entry = static_cast<Entry *>(hash_seq_search(&scan))) {
-		bool exists = false;
-		for (int i = 0; i < count && !exists; ++i)
-			exists = existing[i] == entry->key.dboid;
-		if (!exists)
-			hash_search(table, &entry->key, HASH_REMOVE, nullptr);
-	}
+	table->RemoveIf([existing, count](const core::BeatKey &key, const Value &) {
+		for (int i = 0; i < count; ++i)
+			if (existing[i] == key.dboid)
+				return false;
+		return true;
+	});
 	LWLockRelease(lock);
 }
 
 Pending CollectUnflushed(Oid dboid)
 {
 	Pending result{0, nullptr, nullptr};
-	if (!table)
+	if (!Get())
 		return result;
 	// Sized before taking the lock: palloc may ereport.
-	long capacity = hash_get_num_entries(table) + 16;
+	long capacity = static_cast<long>(table->Count()) + 16;
 	result.worker_ids = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
 	result.beats = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
 	// Ids are copied into one buffer under the lock, turned into text after.
-	auto *ids = static_cast<char(*)[core::kMaxIdentifierBytes + 1]>(
-	    palloc(sizeof(char[core::kMaxIdentifierBytes + 1]) * capacity));
+	auto *ids = static_cast<core::BeatKey *>(palloc(sizeof(core::BeatKey) * capacity));
 	auto *times = static_cast<TimestampTz *>(palloc(sizeof(TimestampTz) * capacity));
 	int n = 0;
 	LWLockAcquire(lock, LW_SHARED);
-	HASH_SEQ_STATUS scan;
-	hash_seq_init(&scan, table);
-	while (auto *entry = static_cast<Entry *>(hash_seq_search(&scan))) {
-		if (entry->key.dboid != dboid)
-			continue;
-		SpinLockAcquire(&entry->mutex);
-		bool dirty = entry->live && entry->last_beat > entry->flushed_beat;
-		if (dirty && n < capacity)
-			times[n] = entry->last_beat;
-		SpinLockRelease(&entry->mutex);
-		if (dirty && n < capacity) {
-			memcpy(ids[n], entry->key.worker_id, sizeof ids[n]);
-			ids[n][core::kMaxIdentifierBytes] = '\0';
-			++n;
-		}
-	}
+	table->ForEach([&](const core::BeatKey &key, Value &entry) {
+		if (key.dboid != dboid || n >= capacity)
+			return;
+		SpinLockAcquire(&entry.mutex);
+		bool dirty = entry.live && entry.last_beat > entry.flushed_beat;
+		if (dirty)
+			times[n] = entry.last_beat;
+		SpinLockRelease(&entry.mutex);
+		if (dirty)
+			memcpy(&ids[n++], &key, sizeof key);
+	});
 	LWLockRelease(lock);
 	for (int i = 0; i < n; ++i) {
-		result.worker_ids[i] = PointerGetDatum(cstring_to_text(ids[i]));
+		int len = static_cast<int>(Min(ids[i].len, static_cast<uint32>(core::kMaxIdentifierBytes)));
+		result.worker_ids[i] = PointerGetDatum(cstring_to_text_with_len(ids[i].id, len));
 		result.beats[i] = TimestampTzGetDatum(times[i]);
 		// Marked flushed only when the flush commits; an aborted pass leaves
 		// the beat for the next one.
@@ -276,7 +302,7 @@ Pending CollectUnflushed(Oid dboid)
 		e.apply = ApplyFlushed;
 		e.when = core::EffectWhen::Commit;
 		e.dboid = dboid;
-		(void)effects::SetId(&e, ids[i], static_cast<int>(strlen(ids[i])));
+		(void)effects::SetId(&e, ids[i].id, len);
 		e.i[0] = times[i];
 		effects::Queue(e);
 	}
@@ -288,13 +314,11 @@ Pending CollectUnflushed(Oid dboid)
 
 bool TryMarkDead(Oid dboid, const char *worker_id, int worker_id_len, TimestampTz cutoff)
 {
-	Key key;
-	if (!table || !MakeKey(dboid, worker_id, worker_id_len, &key))
+	if (!Get() || worker_id_len < 0 || !Table::Fits(worker_id_len))
 		return true; // not cacheable: dead per the table
 	bool dead = true;
 	LWLockAcquire(lock, LW_SHARED);
-	auto *entry = static_cast<Entry *>(hash_search(table, &key, HASH_FIND, nullptr));
-	if (entry) {
+	if (Value *entry = table->Find(dboid, worker_id, worker_id_len)) {
 		SpinLockAcquire(&entry->mutex);
 		if (entry->live && entry->last_beat > cutoff)
 			dead = false;

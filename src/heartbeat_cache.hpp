@@ -1,4 +1,16 @@
-// The shared-memory heartbeat cache (only when the library is preloaded).
+// The shared-memory heartbeat cache.
+//
+// Where it lives:
+//  * preloaded (shared_preload_libraries, any major): in the main shared
+//    memory, sized by worker_heartbeat.max_workers at server start;
+//  * not preloaded, PostgreSQL 17 and later: in a DSM segment created on
+//    first use through the DSM registry (GetNamedDSMSegment), with the
+//    default max_workers entries (the setting is a postmaster one, defined
+//    only when preloaded); its LWLock gets a tranche id at run time;
+//  * not preloaded before 17: nowhere. Available() is false and every beat
+//    goes to the table (heartbeats.cpp: TouchUnchangedRow, else the upsert).
+// Both homes hold the same table (core/beat_table.hpp: indices, no pointers,
+// so a segment mapped at another address in each backend works alike).
 //
 // Key: (database, worker_id). A heartbeat whose other arguments hash to the
 // digest stored here, from the same session binding and the same installed
@@ -7,11 +19,13 @@
 // else goes to the table (heartbeats.cpp) and refreshes the entry once that
 // transaction commits.
 //
-// The cache is a fixed-size hash (max_workers entries); an id longer than
-// kMaxIdentifierBytes is never cached. Everything a transaction changes here
-// (entries it wrote, flush marks) goes through the effects queue
-// (shared_state.hpp): applied when it commits, dropped when it aborts. A beat
-// is absorbed only while the database's reaper flushes (registry::ReaperFlushing).
+// The table has a fixed size (max_workers entries): a worker that finds it
+// full keeps writing the table; an id longer than kMaxIdentifierBytes is
+// never cached. Everything a transaction changes here (entries it wrote,
+// flush marks) goes through the effects queue (shared_state.hpp): applied
+// when it commits, dropped when it aborts. A beat is absorbed only while the
+// database's reaper flushes (registry::ReaperFlushing). A crash reset
+// empties both homes alike (the DSM registry is in the main shared memory).
 #pragma once
 
 #include "pg.hpp"
@@ -21,7 +35,7 @@ namespace wh::cache
 
 void RequestShmem(); // shmem_request_hook
 void InitShmem();    // shmem_startup_hook
-bool Available();    // preloaded and initialised
+bool Available();    // preloaded, or attached to (created) the DSM segment on 17+
 
 struct Beat {
 	Oid dboid;
@@ -33,8 +47,10 @@ struct Beat {
 	TimestampTz at;
 };
 
-// True when the beat was absorbed (nothing else to do).
-bool TryFastBeat(const Beat &beat);
+// True when the beat was absorbed (nothing else to do). *changed (optional)
+// is set when the cache holds this worker with other arguments: the row
+// needs the full write, a plain touch of its timestamp cannot match.
+bool TryFastBeat(const Beat &beat, bool *changed = nullptr);
 // After the table was written: refresh the entry when this transaction commits.
 void RememberAtCommit(const Beat &beat);
 void Forget(Oid dboid, const char *worker_id, int worker_id_len);

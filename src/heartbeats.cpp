@@ -479,7 +479,8 @@ void Beat(const HeartbeatArgs &a)
 	                 now};
 
 	// Fast path: nothing but the time changed since the last heartbeat.
-	if (live && cache::TryFastBeat(beat)) {
+	bool changed = false; // the cache knows other arguments: the full write
+	if (live && cache::TryFastBeat(beat, &changed)) {
 		registry::NoteHeartbeatsPending(MyDatabaseId);
 		EnsureReaper(now);
 		return;
@@ -489,10 +490,13 @@ void Beat(const HeartbeatArgs &a)
 	Caller caller = BecomeExtensionOwner(ext);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
-	// Without the cache, most heartbeats still change nothing but the time.
-	if (live && !cache::Available() && TouchUnchangedRow(ext, caller, a, now)) {
+	// Not absorbed (no cache before 17 without preload, the cache full, no
+	// flushing reaper, no entry yet), most heartbeats still change nothing but
+	// the time. The row then holds exactly these arguments: cache them.
+	if (live && !changed && TouchUnchangedRow(ext, caller, a, now)) {
 		SPI_finish();
 		RestoreCaller(caller);
+		cache::RememberAtCommit(beat);
 		EnsureReaper(now);
 		return;
 	}
