@@ -631,12 +631,7 @@ def fig_reap_ext(P, R, key, cl, db):
         dead = []
         for rep in range(P["reap_dead_reps"]):
             if rep:
-                # revive the doomed workers and give them their leases back
-                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
-                c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
-                          "'processing') FROM generate_series(1, %s::int) g", (nd,))
-                for t in reap_tables(P):
-                    relet_dead_rows(c, t, nw)
+                revive_doomed(c, P)
                 c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
             c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
             time.sleep(1.3)
@@ -662,11 +657,7 @@ def fig_reap_ext(P, R, key, cl, db):
         if key == "ext":
             reap_floor(P, R, c)
         # The reaper's own passes (what runs forever): reaper_status().last_pass_ms.
-        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
-        c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
-                  "'processing') FROM generate_series(1, %s::int) g", (nd,))
-        for t in reap_tables(P):
-            relet_dead_rows(c, t, nw)
+        revive_doomed(c, P)
         c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
         c.execute("SELECT pm_pipeline.start_reaper()")
         status = ("SELECT passes, last_pass_ms, workers_declared_dead, leases_released "
@@ -723,12 +714,7 @@ def fig_reap_ext(P, R, key, cl, db):
         reaper_dead = []
         for rep in range(P["reap_dead_reps"]):
             if rep:
-                # revive the doomed workers, give them their leases back
-                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
-                c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
-                          "'processing') FROM generate_series(1, %s::int) g", (nd,))
-                for t in reap_tables(P):
-                    relet_dead_rows(c, t, nw)
+                revive_doomed(c, P)
                 row = next_pass(next_pass(row[0])[0])
             dead0, released0 = row[2], row[3]
             c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
@@ -777,6 +763,16 @@ def reap_floor(P, R, c):
     R["ceiling"]["reap_floor_update_ms"] = statistics.median(updates)
     R["ceiling"]["reap_dead_ms"] = statistics.median(scans) + statistics.median(updates)
     R["ceiling"]["reaper_dead_ms"] = R["ceiling"]["reap_dead_ms"]
+
+
+def revive_doomed(c, P):
+    """The doomed workers beat again (their type's dead_after back to an hour)
+    and get their leases back."""
+    c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
+    c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
+              "'processing') FROM generate_series(1, %s::int) g", (P["reap_dead"],))
+    for t in reap_tables(P):
+        relet_dead_rows(c, t, P["reap_workers"])
 
 
 def relet_dead_rows(c, t, nw):
