@@ -118,6 +118,9 @@ class Cluster:
             "checkpoint_timeout = 30min",
             "log_min_messages = warning",
             "logging_collector = off",
+            # 100,000 workers of one role in the reaping figure (the default
+            # per-role limit is 10,000)
+            "worker_heartbeat.max_workers_per_role = 0",
         ]
         if preload:
             conf += ["shared_preload_libraries = 'worker_heartbeat'",
@@ -682,12 +685,7 @@ def fig_reap_ext(P, R, key, cl, db):
         dead = []
         for rep in range(P["reap_dead_reps"]):
             if rep:
-                # revive the doomed workers and give them their leases back
-                c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
-                c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
-                          "'processing') FROM generate_series(1, %s::int) g", (nd,))
-                for t in reap_tables(P):
-                    relet_dead_rows(c, t, nw)
+                revive_doomed(c, P)
                 c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
             c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
             time.sleep(1.3)
@@ -708,15 +706,12 @@ def fig_reap_ext(P, R, key, cl, db):
             log("%s: pass with %d dead workers released %s rows in %.2f ms (client clock)"
                 % (key, nd, n, wall))
         R[key]["reap_dead_ms"] = statistics.median(dead)
+        R["_reap_samples"]["%s pass from SQL" % key] = dead
         R[key]["reap_dead_rows"] = n
         if key == "ext":
             reap_floor(P, R, c)
         # The reaper's own passes (what runs forever): reaper_status().last_pass_ms.
-        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
-        c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
-                  "'processing') FROM generate_series(1, %s::int) g", (nd,))
-        for t in reap_tables(P):
-            relet_dead_rows(c, t, nw)
+        revive_doomed(c, P)
         c.execute("SELECT pm_pipeline.release_dead_worker_leases()")
         c.execute("SELECT pm_pipeline.start_reaper()")
         status = ("SELECT passes, last_pass_ms, workers_declared_dead, leases_released "
@@ -770,16 +765,23 @@ def fig_reap_ext(P, R, key, cl, db):
         R[key]["reaper_idle_warm_ms"] = statistics.median(warm)
         log("%s: the reaper's own idle passes 50 ms apart: median %.3f ms (max %.3f) over %d passes"
             % (key, statistics.median(warm), max(warm), len(warm)))
-        dead0, released0 = row[2], row[3]
-        c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            row = next_pass(row[0])
-            if row[2] - dead0 >= nd:
-                break
-        R[key]["reaper_dead_ms"] = row[1]
-        log("%s: the reaper's pass declaring %d workers dead and releasing %d leases: %.2f ms"
-            % (key, row[2] - dead0, row[3] - released0, row[1]))
+        reaper_dead = []
+        for rep in range(P["reap_dead_reps"]):
+            if rep:
+                revive_doomed(c, P)
+                row = next_pass(next_pass(row[0])[0])
+            dead0, released0 = row[2], row[3]
+            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 second')")
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                row = next_pass(row[0])
+                if row[2] - dead0 >= nd:
+                    break
+            reaper_dead.append(row[1])
+            log("%s: the reaper's pass declaring %d workers dead and releasing %d leases: %.2f ms"
+                % (key, row[2] - dead0, row[3] - released0, row[1]))
+        R[key]["reaper_dead_ms"] = statistics.median(reaper_dead)
+        R["_reap_samples"]["%s reaper pass" % key] = reaper_dead
 
 
 def reap_floor(P, R, c):
@@ -808,12 +810,23 @@ def reap_floor(P, R, c):
         t2 = time.perf_counter()
         scans.append((t1 - t0) * 1000)
         updates.append((t2 - t1) * 1000)
+        R["_reap_samples"].setdefault("floor", []).append(scans[-1] + updates[-1])
         log("floor: scan of %d workers %.2f ms, plain UPDATE of %d rows + commit %.2f ms"
             % (nw, scans[-1], rows, updates[-1]))
     R["ceiling"]["reap_floor_scan_ms"] = statistics.median(scans)
     R["ceiling"]["reap_floor_update_ms"] = statistics.median(updates)
     R["ceiling"]["reap_dead_ms"] = statistics.median(scans) + statistics.median(updates)
     R["ceiling"]["reaper_dead_ms"] = R["ceiling"]["reap_dead_ms"]
+
+
+def revive_doomed(c, P):
+    """The doomed workers beat again (their type's dead_after back to an hour)
+    and get their leases back."""
+    c.execute("SELECT pm_pipeline.set_worker_type_dead_after('reap_doomed', '1 hour')")
+    c.execute("SELECT pm_pipeline.upsert_worker_heartbeat('r' || g, 'reap_doomed', "
+              "'processing') FROM generate_series(1, %s::int) g", (P["reap_dead"],))
+    for t in reap_tables(P):
+        relet_dead_rows(c, t, P["reap_workers"])
 
 
 def relet_dead_rows(c, t, nw):
@@ -977,6 +990,12 @@ def ratio(a, b):
     return a / b
 
 
+# The 1000-dead passes (issue 17): within 1.3x of the floor measured in the
+# same run, judged for both sides (BOTH_SIDES: the not-preloaded figure too).
+FLOOR_GOAL = lambda e, s, c: c is not None and e <= 1.3 * c  # noqa: E731
+BOTH_SIDES = ("reap_dead_ms", "reaper_dead_ms")
+
+
 # (key, label, unit, higher_is_better, goal: (text, fn(R)->bool) or None)
 def rows_spec(P):
     hbl = "%s hb from %d workers" % ("{:,}".format(P["hb_total"]), P["hb_workers"])
@@ -994,13 +1013,13 @@ def rows_spec(P):
         ("reap_idle_ms", "reaping pass, nothing to do (" + at + ")", "ms", False,
          ("ext <= 1 ms", lambda e, s, c: e <= 1.0)),
         ("reap_dead_ms", "reaping pass, %d dead workers (%s)" % (P["reap_dead"], at), "ms", False,
-         ("ext <= 20 ms", lambda e, s, c: e <= 20.0)),
+         ("ext, np <= 1.3x floor", FLOOR_GOAL)),
         ("reaper_idle_ms", "  the reaper's own pass, nothing to do, passes 1 s apart (reaper_status)", "ms", False,
          ("ext <= 1 ms", lambda e, s, c: e <= 1.0)),
         ("reaper_idle_warm_ms", "  the reaper's own pass, nothing to do, passes 50 ms apart (warm caches)", "ms",
          False, ("ext <= 1 ms", lambda e, s, c: e <= 1.0)),
         ("reaper_dead_ms", "  the reaper's own pass, %d dead workers (reaper_status)" % P["reap_dead"], "ms",
-         False, ("ext <= 20 ms", lambda e, s, c: e <= 20.0)),
+         False, ("ext, np <= 1.3x floor", FLOOR_GOAL)),
         ("kill_session_median_s", "SIGKILL -> lease back, session-bound, median of %d" % P["kills"],
          "s", False, ("ext < 1 s", lambda e, s, c: e < 1.0)),
         ("kill_session_max_s", "SIGKILL -> lease back, session-bound, max of %d" % P["kills"],
@@ -1031,6 +1050,8 @@ def build_table(P, R):
         met = ""
         if goal and e is not None and s is not None:
             ok = bool(goal[1](e, s, c))
+            if key in BOTH_SIDES and n is not None:
+                ok = ok and bool(goal[1](n, s, c))
             met = "yes" if ok else "NO"
             verdicts.append((label, goal[0], ok))
         np_ok = ""
@@ -1144,6 +1165,7 @@ def main():
     setup_databases(P)
 
     R = {k: {} for k in ("ext", "extnp", "seed", "ceiling")}
+    R["_reap_samples"] = {}
     if "hb" in only:
         fig_heartbeats(P, R)
     if "claims" in only:
@@ -1178,6 +1200,9 @@ def main():
                   "commit (%.1f ms).\n" % (P["reap_dead"], R["ceiling"]["reap_floor_scan_ms"],
                                            "{:,}".format(P["reap_dead"] * P["reap_rows"] // P["reap_workers"]),
                                            R["ceiling"]["reap_floor_update_ms"]))
+    if R.get("_reap_samples"):
+        out.write("1000-dead pass samples, ms (median taken): %s\n" % "; ".join(
+            "%s %s" % (k, "/".join("%.1f" % v for v in vs)) for k, vs in R["_reap_samples"].items()))
     out.write("\n")
     if not args.quick:
         for label, goal, ok in verdicts:

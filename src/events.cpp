@@ -26,11 +26,18 @@ Datum IntervalFromMicroseconds(int64 us)
 	return PointerGetDatum(interval);
 }
 
+void JsonKey(StringInfo buf, const char *key)
+{
+	appendStringInfoString(buf, ",\"");
+	appendStringInfoString(buf, key);
+	appendStringInfoString(buf, "\":");
+}
+
 void JsonField(StringInfo buf, const char *key, const char *value)
 {
 	if (!value)
 		return;
-	appendStringInfo(buf, ",\"%s\":", key);
+	JsonKey(buf, key);
 	escape_json(buf, value);
 }
 
@@ -38,63 +45,73 @@ void JsonSeconds(StringInfo buf, const char *key, int64 us)
 {
 	if (us < 0)
 		return;
-	appendStringInfo(buf, ",\"%s\":%.3f", key, static_cast<double>(us) / 1e6);
+	JsonKey(buf, key);
+	appendStringInfo(buf, "%.3f", static_cast<double>(us) / 1e6);
 }
 
-// The NOTIFY payload of an event. Every text field was clipped by Add, so a
-// full payload stays far below kMaxPayloadBytes; should it not (escaping can
-// multiply a field's length by 6), the minimal payload is sent instead.
-char *Payload(const Event &e, int64 event_id, TimestampTz at, bool minimal)
+// The NOTIFY payload of an event, written into buf (reset first; one buffer
+// serves a whole batch: a thousand deaths must not cost a thousand
+// allocations). Every text field was clipped by Add, so a full payload stays
+// far below kMaxPayloadBytes; should it not (escaping can multiply a field's
+// length by 6), the minimal payload is sent instead. at_json: the time of the
+// events, as a JSON string (the same for a batch: encoded once).
+const char *Payload(StringInfo buf, const Event &e, int64 event_id, const char *at_json, bool minimal)
 {
-	StringInfoData buf;
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"event\":");
-	escape_json(&buf, e.event);
+	resetStringInfo(buf);
+	appendStringInfoString(buf, "{\"event\":");
+	escape_json(buf, e.event);
 	if (event_id > 0)
-		appendStringInfo(&buf, ",\"event_id\":" INT64_FORMAT, event_id);
+		appendStringInfo(buf, ",\"event_id\":" INT64_FORMAT, event_id);
 	if (minimal) {
 		const char *id = e.worker_id ? Clip(e.worker_id, 200) : nullptr;
 		if (id && strlen(id) * 6 + 200 > static_cast<size_t>(kMaxPayloadBytes))
 			id = Clip(id, (kMaxPayloadBytes - 200) / 6);
-		JsonField(&buf, "worker_id", id);
-		JsonField(&buf, "at", JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
-		appendStringInfoChar(&buf, '}');
-		return buf.data;
+		JsonField(buf, "worker_id", id);
+		JsonKey(buf, "at");
+		appendStringInfoString(buf, at_json);
+		appendStringInfoChar(buf, '}');
+		return buf->data;
 	}
-	JsonField(&buf, "worker_id", e.worker_id);
-	JsonField(&buf, "worker_type", e.worker_type);
-	JsonField(&buf, "cause", e.cause);
-	JsonField(&buf, "table", e.table_name);
-	if (e.released_count >= 0)
-		appendStringInfo(&buf, ",\"count\":%d", e.released_count);
-	JsonField(&buf, "reason", e.reason);
-	JsonSeconds(&buf, "silent_for_s", e.silent_for_us);
-	JsonSeconds(&buf, "detection_latency_s", e.latency_us);
-	// ISO 8601, as to_json() writes it, so that any client parses it.
-	JsonField(&buf, "at", JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
-	appendStringInfoChar(&buf, '}');
-	if (buf.len >= kMaxPayloadBytes)
-		return Payload(e, event_id, at, true);
-	return buf.data;
+	JsonField(buf, "worker_id", e.worker_id);
+	JsonField(buf, "worker_type", e.worker_type);
+	JsonField(buf, "cause", e.cause);
+	JsonField(buf, "table", e.table_name);
+	if (e.released_count >= 0) {
+		JsonKey(buf, "count");
+		appendStringInfo(buf, "%d", e.released_count);
+	}
+	JsonField(buf, "reason", e.reason);
+	JsonSeconds(buf, "silent_for_s", e.silent_for_us);
+	JsonSeconds(buf, "detection_latency_s", e.latency_us);
+	JsonKey(buf, "at");
+	appendStringInfoString(buf, at_json);
+	appendStringInfoChar(buf, '}');
+	if (buf->len >= kMaxPayloadBytes)
+		return Payload(buf, e, event_id, at_json, true);
+	return buf->data;
 }
 
-char *Details(const Event &e)
+// details of an event, as JSON text (buf reset first); NULL when it has none.
+text *Details(StringInfo buf, const Event &e)
 {
 	if (!e.cause && !e.reason)
 		return nullptr;
-	StringInfoData buf;
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
+	resetStringInfo(buf);
+	appendStringInfoChar(buf, '{');
 	bool first = true;
 	for (auto [key, value] : {std::pair<const char *, const char *>{"cause", e.cause}, {"reason", e.reason}}) {
 		if (!value)
 			continue;
-		appendStringInfo(&buf, "%s\"%s\":", first ? "" : ",", key);
-		escape_json(&buf, value);
+		if (!first)
+			appendStringInfoChar(buf, ',');
+		appendStringInfoChar(buf, '"');
+		appendStringInfoString(buf, key);
+		appendStringInfoString(buf, "\":");
+		escape_json(buf, value);
 		first = false;
 	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
+	appendStringInfoChar(buf, '}');
+	return cstring_to_text_with_len(buf->data, buf->len);
 }
 
 ArrayType *TextArray(Datum *values, bool *nulls, int n)
@@ -158,13 +175,18 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	auto *silent_nulls = static_cast<bool *>(palloc(sizeof(bool) * n));
 	auto *latency = static_cast<Datum *>(palloc(sizeof(Datum) * n));
 	auto *latency_nulls = static_cast<bool *>(palloc(sizeof(bool) * n));
+	StringInfoData buf;
+	initStringInfo(&buf);
 	for (int i = 0; i < n; ++i) {
 		const Event &e = items_[i];
-		const char *texts[5] = {e.event, e.worker_id, e.worker_type, e.table_name, Details(e)};
-		for (int f = 0; f < 5; ++f) {
+		const char *texts[4] = {e.event, e.worker_id, e.worker_type, e.table_name};
+		for (int f = 0; f < 4; ++f) {
 			text_nulls[f * n + i] = texts[f] == nullptr;
 			text_values[f * n + i] = texts[f] ? CStringGetTextDatum(texts[f]) : (Datum)0;
 		}
+		text *details = Details(&buf, e);
+		text_nulls[4 * n + i] = details == nullptr;
+		text_values[4 * n + i] = PointerGetDatum(details);
 		count_nulls[i] = e.released_count < 0;
 		counts[i] = Int32GetDatum(e.released_count);
 		silent_nulls[i] = e.silent_for_us < 0;
@@ -199,12 +221,16 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	// INSERT ... SELECT returns its rows in the order of the unnest().
 	bool ids_known = SPI_processed == static_cast<uint64>(n);
 	bool minimal = settings::notify_payload == settings::kNotifyMinimal;
+	// ISO 8601, as to_json() writes it, so that any client parses it.
+	StringInfoData at_json;
+	initStringInfo(&at_json);
+	escape_json(&at_json, JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
 	for (int i = 0; i < n; ++i) {
 		if (strcmp(items_[i].event, "removed") == 0)
 			continue;
 		bool isnull = true;
 		int64 id = ids_known ? DatumGetInt64(spi::Column(i, 1, &isnull)) : 0;
-		Async_Notify(kChannel, Payload(items_[i], isnull ? 0 : id, at, minimal));
+		Async_Notify(kChannel, Payload(&buf, items_[i], isnull ? 0 : id, at_json.data, minimal));
 	}
 	count_ = 0;
 }

@@ -339,12 +339,15 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	Datum values[2] = {TimestampTzGetDatum(now), DeadAfterInterval()};
 	// $1 OPERATOR(-) dead_after is only computed for the dead, whose
 	// dead_after is shorter than their silence: it cannot overflow. ($2, the
-	// setting, only bounds the schedule's shortest dead_after.)
+	// setting, only bounds the schedule's shortest dead_after.) OFFSET 0 keeps
+	// d a subquery of its own, so that each worker's deadline is computed once,
+	// not once per aggregate that reads it (a third of the scan's CPU at
+	// 100,000 workers).
 	char *scan_sql =
 	    psprintf("WITH d AS (SELECT w.worker_id, d0.dead_after, %s AS deadline "
 	             "  FROM %s w LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
 	             "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
-	             "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s)) "
+	             "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s) OFFSET 0) "
 	             "SELECT pg_catalog.array_agg(worker_id) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
 	             "pg_catalog.array_agg(CASE WHEN deadline OPERATOR(pg_catalog.<=) $1 "
 	             "  THEN $1 OPERATOR(pg_catalog.-) dead_after END) FILTER (WHERE deadline OPERATOR(pg_catalog.<=) $1), "
