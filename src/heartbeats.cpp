@@ -3,6 +3,7 @@
 #include "boundary.hpp"
 #include "core/digest.hpp"
 #include "core/worker_status.hpp"
+#include "directives.hpp"
 #include "events.hpp"
 #include "heartbeat_cache.hpp"
 #include "leases.hpp"
@@ -392,6 +393,7 @@ bool StopRow(const catalog::Extension &ext, const Caller &c, text *worker_id, Ti
 	CheckMayActOn(c, worker_id, isnull ? InvalidOid : DatumGetObjectId(owner), "stop");
 	char *id = text_to_cstring(worker_id);
 	events::Batch *batch = events::Batch::Create();
+	directives::NoteStop(ext, id, worker_type, batch); // 1.3: 'drained', before the release
 	if (emit_event) {
 		events::Event e{};
 		e.event = "stopped";

@@ -2,6 +2,7 @@
 
 #include "boundary.hpp"
 #include "catalog.hpp"
+#include "directives.hpp"
 #include "events.hpp"
 #include "leases.hpp"
 #include "spi_plans.hpp"
@@ -331,6 +332,11 @@ Datum ClaimLeases(FunctionCallInfo fcinfo, Oid relid, Oid argtype)
 		Assignment *filter = OptionalAssignments(*t, filter_json, "p_filter", &filter_count);
 		Assignment *set = OptionalAssignments(*t, set_json, "p_set", &set_count);
 		RefuseManaged(*t, set, set_count, "p_set");
+		// 1.3 (issue 16): nothing for a draining or paused worker.
+		if (wh::directives::RefusesClaims(ext, worker)) {
+			SPI_finish();
+			return (Datum)0;
+		}
 
 		// 1. Pick and lock free rows, oldest first, skipping rows others hold locked.
 		StringInfoData pick;
