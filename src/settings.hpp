@@ -29,5 +29,7 @@ extern int notify_payload;
 // 1.2 (issue 13, items 5 and 6)
 extern int session_check_interval_ms; // worker_heartbeat.session_check_interval (0: off)
 extern double events_retention_ms;    // worker_heartbeat.events_retention (0: keep everything)
+// 1.3 (issue 16, checkpoints)
+extern int max_checkpoint_bytes; // worker_heartbeat.max_checkpoint_bytes
 
 } // namespace wh::settings
