@@ -72,6 +72,8 @@ char *Payload(const Event &e, int64 event_id, TimestampTz at, bool minimal)
 	JsonSeconds(&buf, "detection_latency_s", e.latency_us);
 	// ISO 8601, as to_json() writes it, so that any client parses it.
 	JsonField(&buf, "at", JsonEncodeDateTime(nullptr, TimestampTzGetDatum(at), TIMESTAMPTZOID, nullptr));
+	if (e.extra_notify && buf.len + strlen(e.extra_notify) + 2 < static_cast<size_t>(kMaxPayloadBytes))
+		appendStringInfo(&buf, ",%s", e.extra_notify);
 	appendStringInfoChar(&buf, '}');
 	if (buf.len >= kMaxPayloadBytes)
 		return Payload(e, event_id, at, true);
@@ -80,7 +82,7 @@ char *Payload(const Event &e, int64 event_id, TimestampTz at, bool minimal)
 
 char *Details(const Event &e)
 {
-	if (!e.cause && !e.reason)
+	if (!e.cause && !e.reason && !e.extra_details)
 		return nullptr;
 	StringInfoData buf;
 	initStringInfo(&buf);
@@ -93,6 +95,8 @@ char *Details(const Event &e)
 		escape_json(&buf, value);
 		first = false;
 	}
+	if (e.extra_details)
+		appendStringInfo(&buf, "%s%s", first ? "" : ",", e.extra_details);
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
@@ -143,6 +147,8 @@ void Batch::Add(const Event &event)
 	copy.table_name = event.table_name ? pstrdup(Clip(event.table_name, kMaxNameBytes)) : nullptr;
 	copy.cause = event.cause ? pstrdup(Clip(event.cause, kMaxNameBytes)) : nullptr;
 	copy.reason = event.reason ? pstrdup(Clip(event.reason, kMaxNameBytes)) : nullptr;
+	copy.extra_details = event.extra_details ? pstrdup(event.extra_details) : nullptr;
+	copy.extra_notify = event.extra_notify ? pstrdup(event.extra_notify) : nullptr;
 }
 
 void Batch::Flush(const catalog::Extension &ext, TimestampTz at)

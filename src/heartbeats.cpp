@@ -4,6 +4,7 @@
 #include "core/digest.hpp"
 #include "core/worker_status.hpp"
 #include "directives.hpp"
+#include "death_forensics.hpp"
 #include "events.hpp"
 #include "heartbeat_cache.hpp"
 #include "leases.hpp"
@@ -79,6 +80,9 @@ bool session_hook_installed = false;
 
 void OnSessionEnd(int, Datum)
 {
+	// What pg_stat_activity shows of us, for the died event (before the
+	// reaper can look: it wakes below).
+	forensics::CaptureAtSessionEnd();
 	// The session is ending: wake the reaper, telling it which session it was,
 	// because pg_stat_activity may still list us for a few more moments.
 	registry::NoteSessionEnded(MyDatabaseId, MyProcPid, MyStartTimestamp, GetCurrentTimestamp());
@@ -88,6 +92,7 @@ void InstallSessionHook()
 {
 	if (session_hook_installed)
 		return;
+	(void)forensics::Attach(); // not preloaded: now, not while exiting
 	before_shmem_exit(OnSessionEnd, (Datum)0);
 	session_hook_installed = true;
 }
