@@ -227,6 +227,11 @@ my @handlers = (
 		is($rc, 0, './scripts/demo runs to its end') or diag($out);
 		like($out, qr/worker declared dead after \d+ ms; its lease back in the queue after \d+ ms/,
 			'./scripts/demo: the killed worker was declared dead and its lease came back');
+		# issue 16: a drain and a checkpoint resumed after a kill
+		like($out, qr/drained: the \d+ workers finished the \d+ task\(s\) they held and stopped; nothing re-claimed/,
+			'./scripts/demo: the drained workers finished what they held and stopped, claiming nothing more');
+		like($out, qr/demo-researcher-2: resuming task \d+ from step [1-9]\d*\/10 \(after the kill of demo-researcher-1\)/,
+			'./scripts/demo: the next worker resumed the killed worker\'s task from its checkpoint');
 		demo_dashboard_keep();
 	} ],
 	# ./scripts/test: not run from here (this test runs inside it); its --help works.
