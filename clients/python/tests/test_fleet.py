@@ -165,7 +165,8 @@ def test_async_checkpoint(pg):
 def test_extension_1_2_has_no_directive_and_no_checkpoint(pg):
     """The package keeps working against a 1.2 catalog (not updated yet)."""
     db = "py12_" + uuid.uuid4().hex[:6]
-    pg.val("CREATE DATABASE %s" % db)
+    with pg.connect() as c:
+        c.execute("CREATE DATABASE %s" % db)
     with pg.connect(dbname=db) as c:
         c.execute("CREATE SCHEMA pm_pipeline")
         c.execute("CREATE EXTENSION worker_heartbeat VERSION '1.2' SCHEMA pm_pipeline")
