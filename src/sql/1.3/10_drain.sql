@@ -147,7 +147,10 @@ $grants$;
 
 -- get_worker_stats() gains draining_workers and paused_workers (live workers
 -- with that directive), at the end. A new result type needs DROP + CREATE:
--- the EXECUTE grants of the old function are given again.
+-- the EXECUTE grants of the old function are given again. SECURITY DEFINER:
+-- a role granted EXECUTE on it (docs/grants.sql) keeps getting the counts
+-- without a new grant on worker_fleet (the tables' read policies are
+-- USING (true), so the rows counted are the same).
 DO $stats$
 DECLARE
     grantees pg_catalog.text[];
@@ -167,7 +170,7 @@ BEGIN
     RETURNS TABLE (worker_type text, total_workers bigint, active_workers bigint, idle_workers bigint,
                    processing_workers bigint, dead_workers bigint, stopped_workers bigint,
                    oldest_heartbeat timestamptz, draining_workers bigint, paused_workers bigint)
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $body$
         SELECT l.worker_type,
@@ -195,13 +198,14 @@ $stats$;
 
 -- metrics() gains worker_heartbeat_workers_draining and
 -- worker_heartbeat_workers_paused (per type). The 1.2 body is kept as
--- _metrics_1_2() (its grants go with it: metrics() is SECURITY INVOKER and
--- calls it), and metrics() appends the new gauges.
+-- _metrics_1_2() and metrics() appends the new gauges. SECURITY DEFINER, so
+-- that a role granted EXECUTE on metrics() needs no grant on _metrics_1_2()
+-- (the grants of 1.2's metrics() are given again to the new one).
 ALTER FUNCTION @extschema@.metrics() RENAME TO _metrics_1_2;
 CREATE FUNCTION @extschema@.metrics()
 RETURNS text
 LANGUAGE sql
-STABLE
+STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $metrics$
 WITH st AS (
