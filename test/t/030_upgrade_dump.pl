@@ -91,6 +91,34 @@ is($node->safe_psql('postgres', q{SELECT claimed_by FROM app.queue WHERE id = 1}
 is($node->safe_psql('postgres', q{SELECT status FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'goner'}),
 	'dead', 'the silent worker is dead');
 
+# 1.3 checkpoints (issue 16.2): from 1.2, a lease claimed before the update
+# takes a checkpoint after it; a checkpoint column registered in the updated
+# database is dumped and restored (below) with the row's checkpoint.
+$node->safe_psql('postgres', q{
+	CREATE DATABASE v12;
+	CREATE TABLE app.ckjobs (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz,
+	                         lease_token bigint, attempts int NOT NULL DEFAULT 0, progress jsonb);
+	SELECT pm_pipeline.register_lease_table('app.ckjobs', p_token_column => 'lease_token', p_attempts_column => 'attempts');
+	SELECT pm_pipeline.set_lease_checkpoint_column('app.ckjobs', 'progress');
+	INSERT INTO app.ckjobs (id) VALUES (1);
+	SELECT pm_pipeline.checkpoint_lease('app.ckjobs', lease_token, '{"step": 7}')
+	  FROM pm_pipeline.claim_leases(NULL::app.ckjobs, 'keeper');
+});
+$node->safe_psql('v12', q{
+	CREATE SCHEMA pm_pipeline;
+	CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline VERSION '1.2';
+	CREATE TABLE jobs (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz,
+	                   lease_token bigint, progress jsonb);
+	SELECT pm_pipeline.register_lease_table('public.jobs', p_token_column => 'lease_token');
+	INSERT INTO jobs (id) VALUES (1);
+	SELECT count(*) FROM pm_pipeline.claim_leases(NULL::jobs, 'w12');
+	ALTER EXTENSION worker_heartbeat UPDATE TO '1.3';
+	SELECT pm_pipeline.set_lease_checkpoint_column('public.jobs', 'progress');
+	SELECT pm_pipeline.checkpoint_lease('public.jobs', lease_token, '{"step": 1}') FROM jobs;
+});
+is($node->safe_psql('v12', q{SELECT progress->>'step' || ':' || claimed_by FROM jobs}), '1:w12',
+	'1.2 -> 1.3: a lease claimed under 1.2 takes a checkpoint after the update');
+
 # --- dump and restore -------------------------------------------------------
 my $dump = $node->basedir . '/worker_heartbeat.dump';
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('postgres') ], 'pg_dump');
@@ -109,6 +137,17 @@ is($node->safe_psql('restored', $snapshot), $node->safe_psql('postgres', $snapsh
 	'workers, registrations, per-type settings, events and the queue are restored');
 is($node->safe_psql('restored', "SELECT extversion FROM pg_extension WHERE extname = 'worker_heartbeat'"),
 	$default_version, 'the restored extension has the current version');
+
+my $checkpoints = q{
+	SELECT string_agg(table_name::text || ':' || coalesce(checkpoint_column, '-'), ',' ORDER BY table_name::text)
+	    || '|' || (SELECT progress::text || ':' || claimed_by FROM app.ckjobs)
+	  FROM pm_pipeline.lease_tables
+};
+is($node->safe_psql('restored', $checkpoints), 'app.ckjobs:progress,app.queue:-|{"step": 7}:keeper',
+	'the checkpoint column and a row\'s checkpoint are restored');
+is($node->safe_psql('restored', q{
+	SELECT pm_pipeline.checkpoint_lease('app.ckjobs', lease_token, '{"step": 8}') IS NOT NULL FROM app.ckjobs
+}), 't', 'the restored lease takes a checkpoint');
 
 # The restored database works: new events continue the sequence, and its own
 # reaper releases the lease of a worker that dies there.
