@@ -177,7 +177,7 @@ worker_heartbeat.session_check_interval = '200ms'
 		SELECT pg_reload_conf();});
 	my ($c5, $pid5) = bound_client($node, 'fa-secret', 'slow', 'secret-task');
 	ok($node->poll_query_until('postgres',
-			"SELECT setting = 'off' FROM pg_settings WHERE name = 'worker_heartbeat.forensics_query_text'"),
+			"SELECT current_setting('worker_heartbeat.forensics_query_text', true) = 'off'"),
 		"$mode: the setting reloaded");
 	$c5->query_safe("SELECT 'password=hunter2' AS secret;");
 	$c5->quit;

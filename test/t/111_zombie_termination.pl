@@ -107,7 +107,7 @@ worker_heartbeat.launcher_interval = '1s'
 	$node->safe_psql('postgres', q{
 		LOAD 'worker_heartbeat';
 		ALTER SYSTEM SET worker_heartbeat.terminate_zombies = on; SELECT pg_reload_conf();});
-	$node->poll_query_until('postgres', "SELECT setting = 'on' FROM pg_settings WHERE name = 'worker_heartbeat.terminate_zombies'");
+	$node->poll_query_until('postgres', "SELECT current_setting('worker_heartbeat.terminate_zombies', true) = 'on'");
 	$node->safe_psql('postgres', "SELECT $S.set_worker_type_terminate_zombies('kept', false)");
 
 	# Bystanders: an unbound worker stuck the same way, and a session running
