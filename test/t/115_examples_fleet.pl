@@ -17,26 +17,7 @@ ok(run_log([ $python, '-c', 'import psycopg' ]), 'psycopg 3 is importable by /us
   or BAIL_OUT('install python3-psycopg');
 ok(run_log([ 'node', '--version' ]), 'node is installed') or BAIL_OUT('install nodejs');
 
-# node_modules for examples/node, as 052 does (a private copy when the tree is not writable).
-local $ENV{npm_config_update_notifier} = 'false';
-local $ENV{npm_config_fund} = 'false';
-local $ENV{npm_config_audit} = 'false';
-my $cache = "$WorkerTap::ROOT/../npm-cache";
-mkdir $cache unless -d $cache;
-local $ENV{npm_config_cache} = $cache if -d $cache && -w $cache;
-my $src = "$WorkerTap::ROOT/examples/node";
-my $dir = $src;
-if (!-w $dir || !-w "$WorkerTap::ROOT/clients/node")
-{
-	my $copy = PostgreSQL::Test::Utils::tempdir('node_worker');
-	mkdir "$copy/examples";
-	mkdir "$copy/clients";
-	system('cp', '-a', $src, "$copy/examples/node") == 0 or die "cp: $!";
-	system('cp', '-a', "$WorkerTap::ROOT/clients/node", "$copy/clients/node") == 0 or die "cp: $!";
-	$dir = "$copy/examples/node";
-}
-ok(run_log([ 'sh', '-c', "cd '$dir' && (npm ci --offline || npm ci --prefer-offline)" ]), "npm ci in $dir")
-  or BAIL_OUT('npm ci failed');
+my $dir = WorkerTap::node_example_dir();    # npm ci in examples/node
 
 my %worker = (
 	python => [ $python, "$WorkerTap::ROOT/examples/python/worker.py" ],
@@ -117,24 +98,23 @@ for my $lang (qw(python node))
 	# --- checkpoint: killed at step >= 3 of 10, the next worker resumes from there.
 	sqlv("DELETE FROM research");
 	sqlv("INSERT INTO research (payload) VALUES ('$lang research')");
-	my $first = WorkerTap::spawn(
-		cmd => [ @cmd, '--table', 'research', '--type', "${lang}_research", '--id', "$lang-r1", '--work-ms', '8000',
-			'--steps', '10', '--session-bound', '--exit-when-empty' ],
-		env => \%env,
-		log => "$tmp/$lang-r1.log",
-		dir => $dir);
+	my $researcher = sub {    # a worker of ten 0.8 s steps on research; returns its pid
+		my ($id) = @_;
+		return WorkerTap::spawn(
+			cmd => [ @cmd, '--table', 'research', '--type', "${lang}_research", '--id', $id, '--work-ms', '8000',
+				'--steps', '10', '--session-bound', '--exit-when-empty' ],
+			env => \%env,
+			log => "$tmp/$id.log",
+			dir => $dir);
+	};
+	my $first = $researcher->("$lang-r1");
 	ok(polled("SELECT COALESCE((checkpoint->>'step')::int >= 3, false) FROM research"), "$lang: the worker checkpoints its steps");
 	kill 'KILL', $first;
 	is(WorkerTap::wait_exit($first, 30), 128 + 9, "$lang: killed with SIGKILL");
 	ok(polled("SELECT claimed_by IS NULL FROM research"), "$lang: its lease comes back (session-bound)");
 	my $step = sqlv("SELECT checkpoint->>'step' FROM research");
 	cmp_ok($step, '>=', 3, "$lang: the checkpoint stays with the row (step $step)");
-	my $second = WorkerTap::spawn(
-		cmd => [ @cmd, '--table', 'research', '--type', "${lang}_research", '--id', "$lang-r2", '--work-ms', '8000',
-			'--steps', '10', '--session-bound', '--exit-when-empty' ],
-		env => \%env,
-		log => "$tmp/$lang-r2.log",
-		dir => $dir);
+	my $second = $researcher->("$lang-r2");
 	is(WorkerTap::wait_exit($second, 60), 0, "$lang: the next worker finishes and exits 0");
 	like(slurp_file("$tmp/$lang-r2.log"), qr/resuming task \d+ from step $step\/10/,
 		"$lang: it resumed from the checkpoint (step $step)");

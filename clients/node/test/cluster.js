@@ -117,4 +117,19 @@ async function startCluster() {
   return new Cluster().setup();
 }
 
-module.exports = { startCluster };
+// Registers node:test hooks for a test file: a cluster started before its
+// tests (passed to onReady) with the process environment pointing at it (PG*,
+// nothing else), stopped after them.
+function useCluster(onReady) {
+  const { before, after } = require('node:test');
+  let pg = null;
+  before(async () => {
+    pg = await startCluster();
+    for (const k of ['DATABASE_URL', 'POSTGRES_URL', 'WORKER_HEARTBEAT_SCHEMA', 'WORKER_HEARTBEAT_INTERVAL']) delete process.env[k];
+    Object.assign(process.env, pg.env());
+    onReady(pg);
+  });
+  after(() => pg && pg.close());
+}
+
+module.exports = { startCluster, useCluster };

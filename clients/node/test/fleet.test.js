@@ -2,23 +2,17 @@
 // Fleet control (extension 1.3) from Node: the heartbeat's directive (drain /
 // pause / resume), checkpoints carried across a SIGKILL, a zombie's late
 // checkpoint refused, and a 1.2 catalog where none of it exists yet.
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('child_process');
 const path = require('path');
 const { Client } = require('pg');
-const { startCluster } = require('./cluster');
+const { useCluster } = require('./cluster');
 const { WorkerHeartbeat, LeaseTable, StaleLeaseError, WorkerHeartbeatError, DIRECTIVES } = require('../lib/index.cjs');
 
 const LIB = path.resolve(__dirname, '../lib/index.cjs');
 let pg;
-
-before(async () => {
-  pg = await startCluster();
-  for (const k of ['DATABASE_URL', 'POSTGRES_URL', 'WORKER_HEARTBEAT_SCHEMA', 'WORKER_HEARTBEAT_INTERVAL']) delete process.env[k];
-  Object.assign(process.env, pg.env());
-});
-after(() => pg && pg.close());
+useCluster((c) => { pg = c; });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(pred, ms = 30000) {
