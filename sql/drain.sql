@@ -8,6 +8,7 @@ DROP SCHEMA IF EXISTS pm_pipeline CASCADE;
 DROP SCHEMA IF EXISTS app CASCADE;
 DROP ROLE IF EXISTS wh_drain_worker;
 DROP ROLE IF EXISTS wh_drain_monitor;
+DROP ROLE IF EXISTS wh_drain_oldmon;
 RESET client_min_messages;
 CREATE FUNCTION pg_temp.error_of(p_sql text, OUT code text, OUT message text, OUT hint text)
 LANGUAGE plpgsql AS $$
@@ -137,6 +138,26 @@ SELECT worker_id, directive FROM pm_pipeline.worker_fleet WHERE worker_id = 'wk1
 SELECT * FROM pg_temp.error_of($$SELECT pm_pipeline.pause_workers(p_worker_id => 'wk1')$$);
 SELECT * FROM pg_temp.error_of($$INSERT INTO pm_pipeline.worker_directives (directive, worker_id) VALUES ('pause', 'x')$$);
 RESET ROLE;
+-- get_worker_stats() and metrics() keep the invoker's rights: a monitoring
+-- role granted only what 1.2 needed gets NULL counts and no drain samples; a
+-- role that may read worker_fleet gets the counts.
+CREATE ROLE wh_drain_oldmon;
+GRANT USAGE ON SCHEMA pm_pipeline TO wh_drain_oldmon;
+GRANT SELECT ON ALL TABLES IN SCHEMA pm_pipeline TO wh_drain_oldmon;
+REVOKE SELECT ON pm_pipeline.worker_fleet, pm_pipeline.worker_directives FROM wh_drain_oldmon;
+GRANT EXECUTE ON FUNCTION pm_pipeline.get_worker_stats(), pm_pipeline.metrics(), pm_pipeline.reaper_status()
+    TO wh_drain_oldmon, wh_drain_monitor;
+GRANT SELECT ON ALL TABLES IN SCHEMA pm_pipeline TO wh_drain_monitor;
+SET ROLE wh_drain_oldmon;
+SELECT worker_type, active_workers, draining_workers, paused_workers FROM pm_pipeline.get_worker_stats();
+SELECT count(*) AS drain_samples FROM regexp_split_to_table(pm_pipeline.metrics(), E'\n') AS line
+ WHERE line ~ '^worker_heartbeat_workers_(draining|paused)\{';
+RESET ROLE;
+SET ROLE wh_drain_monitor;
+SELECT worker_type, active_workers, draining_workers, paused_workers FROM pm_pipeline.get_worker_stats();
+SELECT line FROM regexp_split_to_table(pm_pipeline.metrics(), E'\n') AS line
+ WHERE line ~ '^worker_heartbeat_workers_draining\{';
+RESET ROLE;
 SELECT pm_pipeline.resume_workers(p_worker_id => 'wk1') AS matched;
 
 -- pg_dump keeps the rules.
@@ -146,5 +167,7 @@ SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS x(oid) JOIN pg_clas
 DROP EXTENSION worker_heartbeat CASCADE;
 DROP SCHEMA pm_pipeline CASCADE;
 DROP SCHEMA app CASCADE;
+DROP OWNED BY wh_drain_oldmon;
 DROP ROLE wh_drain_worker;
 DROP ROLE wh_drain_monitor;
+DROP ROLE wh_drain_oldmon;

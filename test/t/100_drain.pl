@@ -127,6 +127,22 @@ $plain->safe_psql('postgres', slurp_file("$WorkerTap::ROOT/examples/sql/queue.sq
 is($plain->safe_psql('postgres', "SELECT count(*) FROM pg_settings WHERE name = 'shared_preload_libraries' AND setting LIKE '%worker_heartbeat%'"),
 	0, 'the second cluster does not preload the library');
 drain_scenario($plain, 'plain');
+
+# The C++ client against a 1.2 extension (no heartbeat()): it falls back to
+# upsert_worker_heartbeat, its directive stays run, and it works as before.
+$plain->safe_psql('postgres', 'CREATE DATABASE old12');
+$plain->safe_psql('old12', q{CREATE SCHEMA pm_pipeline; CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline VERSION '1.2';});
+$plain->safe_psql('old12', slurp_file("$WorkerTap::ROOT/examples/sql/queue.sql"));
+$plain->safe_psql('old12', "INSERT INTO tasks (payload) SELECT 'old ' || g FROM generate_series(1, 3) g");
+my %old_env = (WorkerTap::worker_env($plain, WORKER_HEARTBEAT_INTERVAL => '0.5'), PGDATABASE => 'old12');
+my $old_log = "$PostgreSQL::Test::Utils::tmp_check/drain_old12.log";
+my $old = WorkerTap::spawn(cmd => [ $worker, '--id', 'old-1', '--work-ms', '10', '--exit-when-empty' ],
+	env => \%old_env, log => $old_log);
+is(WorkerTap::wait_exit($old), 0, '1.2 extension: the C++ worker exits 0');
+like(slurp_file($old_log), qr/heartbeat\(\) unavailable \(42883\): using upsert_worker_heartbeat/,
+	'1.2 extension: the client falls back to upsert_worker_heartbeat');
+is($plain->safe_psql('old12', "SELECT count(*) FROM tasks WHERE state = 'done' AND done_by = 'old-1'"), 3,
+	'1.2 extension: and completes the queue');
 $plain->stop;
 
 done_testing();

@@ -394,7 +394,7 @@ struct Heartbeat::Impl {
         "p_status => $3, p_current_run_id => $4::uuid, p_current_task => $5, "
         "p_metadata => CASE WHEN $6::boolean THEN jsonb_build_object('client', "
         "'worker_heartbeat-cpp', 'host', $7::text, 'pid', $8::integer) || "
-        "COALESCE($9::jsonb, '{}') END, p_session_bound => $10::boolean)::text AS directive";
+        "COALESCE($9::jsonb, '{}') END, p_session_bound => $10::boolean) AS directive";
     auto statement = [&](const char* function) {
       std::string sql(kTemplate);
       sql.replace(sql.find("%s"), 2, schema);

@@ -147,10 +147,10 @@ $grants$;
 
 -- get_worker_stats() gains draining_workers and paused_workers (live workers
 -- with that directive), at the end. A new result type needs DROP + CREATE:
--- the EXECUTE grants of the old function are given again. SECURITY DEFINER:
--- a role granted EXECUTE on it (docs/grants.sql) keeps getting the counts
--- without a new grant on worker_fleet (the tables' read policies are
--- USING (true), so the rows counted are the same).
+-- the EXECUTE grants of the old function are given again. Still invoker's
+-- rights: a role that may read worker_fleet gets the counts; a role granted
+-- only what 1.2 needed (worker_liveness) gets them as NULL, and the other
+-- columns as before.
 DO $stats$
 DECLARE
     grantees pg_catalog.text[];
@@ -170,24 +170,43 @@ BEGIN
     RETURNS TABLE (worker_type text, total_workers bigint, active_workers bigint, idle_workers bigint,
                    processing_workers bigint, dead_workers bigint, stopped_workers bigint,
                    oldest_heartbeat timestamptz, draining_workers bigint, paused_workers bigint)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $body$
-        SELECT l.worker_type,
-               pg_catalog.count(*),
-               pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead),
-               pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'idle' AND NOT l.is_dead),
-               pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'processing' AND NOT l.is_dead),
-               pg_catalog.count(*) FILTER (WHERE l.is_dead),
-               pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'stopped'),
-               pg_catalog.min(l.last_heartbeat_at),
-               pg_catalog.count(*) FILTER (WHERE l.directive OPERATOR(pg_catalog.=) 'drain'
-                                             AND l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead),
-               pg_catalog.count(*) FILTER (WHERE l.directive OPERATOR(pg_catalog.=) 'pause'
-                                             AND l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead)
-          FROM @extschema@.worker_fleet l
-         GROUP BY l.worker_type
-         ORDER BY l.worker_type
+    BEGIN
+        IF pg_catalog.has_table_privilege('@extschema@.worker_fleet', 'SELECT') THEN
+            RETURN QUERY
+            SELECT l.worker_type,
+                   pg_catalog.count(*),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'idle' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'processing' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'stopped'),
+                   pg_catalog.min(l.last_heartbeat_at),
+                   pg_catalog.count(*) FILTER (WHERE l.directive OPERATOR(pg_catalog.=) 'drain'
+                                                 AND l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.directive OPERATOR(pg_catalog.=) 'pause'
+                                                 AND l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead)
+              FROM @extschema@.worker_fleet l
+             GROUP BY l.worker_type
+             ORDER BY l.worker_type;
+        ELSE
+            RETURN QUERY
+            SELECT l.worker_type,
+                   pg_catalog.count(*),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.<>) 'stopped' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'idle' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'processing' AND NOT l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.is_dead),
+                   pg_catalog.count(*) FILTER (WHERE l.status OPERATOR(pg_catalog.=) 'stopped'),
+                   pg_catalog.min(l.last_heartbeat_at),
+                   NULL::bigint, NULL::bigint
+              FROM @extschema@.worker_liveness l
+             GROUP BY l.worker_type
+             ORDER BY l.worker_type;
+        END IF;
+    END
     $body$;
     REVOKE ALL ON FUNCTION @extschema@.get_worker_stats() FROM PUBLIC;
     FOREACH g IN ARRAY COALESCE(grantees, ARRAY[]::pg_catalog.text[]) LOOP
@@ -196,53 +215,165 @@ BEGIN
 END
 $stats$;
 
--- metrics() gains worker_heartbeat_workers_draining and
--- worker_heartbeat_workers_paused (per type). The 1.2 body is kept as
--- _metrics_1_2() and metrics() appends the new gauges. SECURITY DEFINER, so
--- that a role granted EXECUTE on metrics() needs no grant on _metrics_1_2()
--- (the grants of 1.2's metrics() are given again to the new one).
-ALTER FUNCTION @extschema@.metrics() RENAME TO _metrics_1_2;
-CREATE FUNCTION @extschema@.metrics()
+-- metrics(): the 1.2 body (30_event_totals.sql), with the gauges
+-- worker_heartbeat_workers_draining and worker_heartbeat_workers_paused per
+-- worker type at the end. CREATE OR REPLACE keeps its grants; still
+-- invoker's rights.
+CREATE OR REPLACE FUNCTION @extschema@.metrics()
 RETURNS text
 LANGUAGE sql
-STABLE SECURITY DEFINER
+STABLE
 SET search_path = pg_catalog, pg_temp
 AS $metrics$
-WITH st AS (
-    SELECT s.worker_type, s.draining_workers, s.paused_workers,
+WITH
+stats AS (
+    SELECT s.worker_type,
            pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
-               s.worker_type, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') AS lt
+               s.worker_type, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') AS lt,
+           -- get_worker_stats().active_workers counts every live worker; the
+           -- state "active" here is only those whose status is 'active', so
+           -- that the five states partition the workers of a type.
+           s.active_workers OPERATOR(pg_catalog.-) s.idle_workers
+               OPERATOR(pg_catalog.-) s.processing_workers AS active_workers,
+           s.idle_workers, s.processing_workers, s.dead_workers, s.stopped_workers,
+           s.draining_workers, s.paused_workers
       FROM @extschema@.get_worker_stats() AS s
+),
+-- Oldest heartbeat among workers that are neither stopped nor dead: the one
+-- closest to being declared dead.
+oldest AS (
+    SELECT w.worker_type,
+           pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+               w.worker_type, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') AS lt,
+           GREATEST(0, pg_catalog.date_part('epoch',
+               pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.min(w.last_heartbeat_at))) AS age_s
+      FROM @extschema@.worker_heartbeats AS w
+     WHERE w.status OPERATOR(pg_catalog.<>) ALL (ARRAY['stopped', 'dead'])
+     GROUP BY w.worker_type
+),
+-- dead_after in force per known type (override, else the setting).
+dead_after AS (
+    SELECT s.lt,
+           pg_catalog.date_part('epoch', COALESCE(
+               (SELECT t.dead_after FROM @extschema@.worker_types AS t
+                 WHERE t.worker_type OPERATOR(pg_catalog.=) s.worker_type),
+               pg_catalog.current_setting('worker_heartbeat.dead_after', true)::pg_catalog.interval,
+               pg_catalog.interval '5 minutes')) AS secs
+      FROM stats AS s
+),
+reaper AS (
+    SELECT r.state, r.pid, r.last_pass_at, r.last_pass_ms, r.passes,
+           r.workers_declared_dead, r.leases_released
+      FROM @extschema@.reaper_status() AS r
+     WHERE r.database OPERATOR(pg_catalog.=) pg_catalog.current_database()
+     ORDER BY r.last_pass_at DESC NULLS LAST
+     LIMIT 1
+),
+-- _sum and _count: every death recorded (live + retired totals).
+totals AS (
+    SELECT t.worker_type, pg_catalog.sum(t.deaths) AS n, pg_catalog.sum(t.latency_us) AS us
+      FROM @extschema@.worker_event_totals AS t
+     GROUP BY t.worker_type
+    HAVING pg_catalog.sum(t.deaths) OPERATOR(pg_catalog.<>) 0
+),
+-- Quantiles: the deaths of the last hour.
+recent AS (
+    SELECT COALESCE(e.worker_type, '') AS worker_type,
+           pg_catalog.percentile_cont(ARRAY[0.5, 0.9, 0.99]::float8[])
+               WITHIN GROUP (ORDER BY pg_catalog.date_part('epoch', e.detection_latency)) AS q
+      FROM @extschema@.worker_events AS e
+     WHERE e.occurred_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.interval '1 hour')
+       AND e.event OPERATOR(pg_catalog.=) 'died'
+       AND e.detection_latency IS NOT NULL
+     GROUP BY 1
+),
+latency AS (
+    SELECT pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+               COALESCE(t.worker_type, r.worker_type), E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') AS lt,
+           r.q,
+           COALESCE(t.us, 0)::float8 OPERATOR(pg_catalog./) 1000000::float8 AS sum_s,
+           COALESCE(t.n, 0) AS n
+      FROM totals AS t
+      FULL JOIN recent AS r ON r.worker_type OPERATOR(pg_catalog.=) t.worker_type
 )
-SELECT @extschema@._metrics_1_2() OPERATOR(pg_catalog.||) pg_catalog.concat_ws(E'\n',
+SELECT pg_catalog.concat_ws(E'\n',
+    '# HELP worker_heartbeat_workers Workers by type and state.',
+    '# TYPE worker_heartbeat_workers gauge',
+    (SELECT pg_catalog.string_agg(pg_catalog.format(
+                'worker_heartbeat_workers{worker_type="%s",state="%s"} %s', s.lt, v.state, v.n),
+                E'\n' ORDER BY s.worker_type, v.ord)
+       FROM stats AS s,
+            LATERAL (VALUES (1, 'active', s.active_workers), (2, 'idle', s.idle_workers),
+                            (3, 'processing', s.processing_workers), (4, 'dead', s.dead_workers),
+                            (5, 'stopped', s.stopped_workers)) AS v(ord, state, n)),
+    '# HELP worker_heartbeat_oldest_heartbeat_age_seconds Seconds since the oldest heartbeat of a worker of this type that is neither stopped nor dead.',
+    '# TYPE worker_heartbeat_oldest_heartbeat_age_seconds gauge',
+    (SELECT pg_catalog.string_agg(pg_catalog.format(
+                'worker_heartbeat_oldest_heartbeat_age_seconds{worker_type="%s"} %s', o.lt, o.age_s),
+                E'\n' ORDER BY o.worker_type)
+       FROM oldest AS o),
+    '# HELP worker_heartbeat_dead_after_seconds Silence after which a worker of this type is declared dead.',
+    '# TYPE worker_heartbeat_dead_after_seconds gauge',
+    (SELECT pg_catalog.string_agg(pg_catalog.format(
+                'worker_heartbeat_dead_after_seconds{worker_type="%s"} %s', d.lt, d.secs),
+                E'\n' ORDER BY d.lt)
+       FROM dead_after AS d),
+    '# HELP worker_heartbeat_reaper_up 1 if this database is reaped (a reaper runs, or it is served in rotation: reaper_status().state scheduled), else 0 (waiting for a reaper slot, no worker slot, registry full, not running, stopped).',
+    '# TYPE worker_heartbeat_reaper_up gauge',
+    (SELECT pg_catalog.format('worker_heartbeat_reaper_up %s',
+                CASE WHEN EXISTS (SELECT FROM reaper AS r
+                                   WHERE r.pid IS NOT NULL
+                                      OR r.state OPERATOR(pg_catalog.=) ANY (ARRAY['scheduled', 'starting']))
+                     THEN 1 ELSE 0 END)),
+    '# HELP worker_heartbeat_reaper_passes_total Reaping passes of this database''s reaper since server start.',
+    '# TYPE worker_heartbeat_reaper_passes_total counter',
+    (SELECT pg_catalog.format('worker_heartbeat_reaper_passes_total %s', COALESCE(r.passes, 0))
+       FROM reaper AS r),
+    '# HELP worker_heartbeat_deaths_total Workers declared dead by the reaper since server start.',
+    '# TYPE worker_heartbeat_deaths_total counter',
+    (SELECT pg_catalog.format('worker_heartbeat_deaths_total %s', COALESCE(r.workers_declared_dead, 0))
+       FROM reaper AS r),
+    '# HELP worker_heartbeat_leases_released_total Leases released by the reaper since server start.',
+    '# TYPE worker_heartbeat_leases_released_total counter',
+    (SELECT pg_catalog.format('worker_heartbeat_leases_released_total %s', COALESCE(r.leases_released, 0))
+       FROM reaper AS r),
+    '# HELP worker_heartbeat_reaper_last_pass_duration_seconds Duration of the reaper''s last pass.',
+    '# TYPE worker_heartbeat_reaper_last_pass_duration_seconds gauge',
+    (SELECT pg_catalog.format('worker_heartbeat_reaper_last_pass_duration_seconds %s',
+                r.last_pass_ms OPERATOR(pg_catalog./) 1000.0::float8)
+       FROM reaper AS r WHERE r.last_pass_ms IS NOT NULL),
+    '# HELP worker_heartbeat_reaper_last_pass_timestamp_seconds Unix time of the end of the reaper''s last pass.',
+    '# TYPE worker_heartbeat_reaper_last_pass_timestamp_seconds gauge',
+    (SELECT pg_catalog.format('worker_heartbeat_reaper_last_pass_timestamp_seconds %s',
+                pg_catalog.date_part('epoch', r.last_pass_at))
+       FROM reaper AS r WHERE r.last_pass_at IS NOT NULL),
+    '# HELP worker_heartbeat_detection_latency_seconds Time from a worker''s death to the reaper acting on it; quantiles over the last hour, sum and count over every death recorded (events deleted by the retention included).',
+    '# TYPE worker_heartbeat_detection_latency_seconds summary',
+    (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(E'\n',
+                pg_catalog.format('worker_heartbeat_detection_latency_seconds{worker_type="%s",quantile="0.5"} %s',
+                                  l.lt, COALESCE(l.q[1]::text, 'NaN')),
+                pg_catalog.format('worker_heartbeat_detection_latency_seconds{worker_type="%s",quantile="0.9"} %s',
+                                  l.lt, COALESCE(l.q[2]::text, 'NaN')),
+                pg_catalog.format('worker_heartbeat_detection_latency_seconds{worker_type="%s",quantile="0.99"} %s',
+                                  l.lt, COALESCE(l.q[3]::text, 'NaN')),
+                pg_catalog.format('worker_heartbeat_detection_latency_seconds_sum{worker_type="%s"} %s', l.lt, l.sum_s),
+                pg_catalog.format('worker_heartbeat_detection_latency_seconds_count{worker_type="%s"} %s', l.lt, l.n)),
+                E'\n' ORDER BY l.lt)
+       FROM latency AS l),
+    -- 1.3: NULL (no sample) for a role that may not read worker_fleet.
     '# HELP worker_heartbeat_workers_draining Live workers told to drain (drain_workers()), by type.',
     '# TYPE worker_heartbeat_workers_draining gauge',
-    (SELECT pg_catalog.string_agg(pg_catalog.format('worker_heartbeat_workers_draining{worker_type="%s"} %s',
-                                                    s.lt, s.draining_workers), E'\n' ORDER BY s.worker_type)
-       FROM st AS s),
+    (SELECT pg_catalog.string_agg(pg_catalog.format(
+                'worker_heartbeat_workers_draining{worker_type="%s"} %s', s.lt, s.draining_workers),
+                E'\n' ORDER BY s.worker_type)
+       FROM stats AS s WHERE s.draining_workers IS NOT NULL),
     '# HELP worker_heartbeat_workers_paused Live workers told to pause (pause_workers()), by type.',
     '# TYPE worker_heartbeat_workers_paused gauge',
-    (SELECT pg_catalog.string_agg(pg_catalog.format('worker_heartbeat_workers_paused{worker_type="%s"} %s',
-                                                    s.lt, s.paused_workers), E'\n' ORDER BY s.worker_type)
-       FROM st AS s)) OPERATOR(pg_catalog.||) E'\n'
+    (SELECT pg_catalog.string_agg(pg_catalog.format(
+                'worker_heartbeat_workers_paused{worker_type="%s"} %s', s.lt, s.paused_workers),
+                E'\n' ORDER BY s.worker_type)
+       FROM stats AS s WHERE s.paused_workers IS NOT NULL)
+) OPERATOR(pg_catalog.||) E'\n'
 $metrics$;
 COMMENT ON FUNCTION @extschema@.metrics() IS
     'The fleet (workers by type and state, draining and paused workers, heartbeat age, reaper totals, detection latency) in the Prometheus text exposition format; its cost does not grow with worker_events';
-COMMENT ON FUNCTION @extschema@._metrics_1_2() IS 'metrics() of 1.2, which metrics() extends (draining and paused workers).';
-REVOKE ALL ON FUNCTION @extschema@.metrics() FROM PUBLIC;
-DO $metrics_grants$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN
-        SELECT DISTINCT a.grantee
-          FROM pg_catalog.pg_proc AS p, LATERAL pg_catalog.aclexplode(p.proacl) AS a
-         WHERE p.oid OPERATOR(pg_catalog.=) '@extschema@._metrics_1_2()'::pg_catalog.regprocedure
-           AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-           AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
-           AND a.grantee OPERATOR(pg_catalog.<>) 0
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.metrics() TO %I', r.grantee::pg_catalog.regrole);
-    END LOOP;
-END
-$metrics_grants$;
