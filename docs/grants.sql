@@ -35,7 +35,7 @@ GRANT EXECUTE ON FUNCTION
 SELECT pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', p.oid::regprocedure, :'worker_role')
   FROM pg_catalog.pg_proc p
  WHERE p.pronamespace OPERATOR(pg_catalog.=) (:'schema')::regnamespace
-   AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease'])
+   AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease', 'checkpoint_lease'])
 \gexec
 SELECT pg_catalog.format('GRANT SELECT ON %s.lease_tables TO %I', pg_catalog.quote_ident(:'schema'), :'worker_role'),
        pg_catalog.format('GRANT USAGE ON SEQUENCE %s.lease_token_seq TO %I', pg_catalog.quote_ident(:'schema'), :'worker_role')
