@@ -144,9 +144,9 @@ worker_heartbeat.launcher_interval = '1s'
 	is($node->safe_psql('postgres', "SELECT id FROM app.jobs WHERE id = 2 FOR UPDATE NOWAIT"),
 		'2', "$mode: on: its row lock is gone");
 	is($node->safe_psql('postgres', qq{
-			SELECT details->>'pid' || ' ' || ((details->>'backend_start')::timestamptz = '$start2') FROM $S.worker_events
+			SELECT details->>'pid' || ' ' || ((details->>'backend_start')::timestamptz = '$start2') || ' ' || (details->>'exited') FROM $S.worker_events
 			 WHERE event = 'terminated' AND worker_id = 'z-on'}),
-		"$pid2 t", "$mode: on: a terminated event with its pid and backend_start");
+		"$pid2 true true", "$mode: on: a terminated event with its pid and backend_start; it exited");
 	like(events_of($node, 'z-on'), qr/died,terminated,leases_released/, "$mode: died, terminated, then released");
 
 	ok(died($node, 'z-unbound'), "$mode: the unbound worker is dead too");
