@@ -37,7 +37,7 @@ void CaptureAtSessionEnd();
 
 // What the reaper knows of a death from the worker's row.
 struct Facts {
-	const char *cause;  // session_ended / heartbeat_timeout
+	const char *cause;   // session_ended / heartbeat_timeout
 	int64 silent_for_us; // < 0: unknown
 	const char *last_status;
 	const char *current_task;

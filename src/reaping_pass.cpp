@@ -423,8 +423,8 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	// next pass.
 	char *deadline = DeadlineSql("w.last_heartbeat_at", "d.dead_after");
 	char *mark_sql = psprintf(
-	    "WITH d AS (SELECT w.worker_id, d0.dead_after, w.status AS last_status, w.session_pid, "
-	    "  w.session_started_at FROM %s w "
+	    "WITH d AS (SELECT w.worker_id, d0.dead_after, w.status AS last_status, w.session_pid, w.session_started_at "
+	    "  FROM %s w "
 	    "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
 	    "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
 	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
@@ -440,8 +440,8 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	    "  $2 OPERATOR(pg_catalog.-) %s, "
 	    "  d.last_status, w.current_task, w.lease_expires_at, d.session_pid, d.session_started_at) "
 	    "SELECT x.*, NULL::pg_catalog.int8 FROM dead x "
-	    "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
-	    "$4 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM d)",
+	    "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) "
+	    "(SELECT pg_catalog.count(*) FROM d)",
 	    table, types_table, DeadAfterSql("t.dead_after"), kLive, DeadlineSql("w.last_heartbeat_at", "d0.dead_after"),
 	    table, kLive, deadline, deadline);
 	int skipped = 1;

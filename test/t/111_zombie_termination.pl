@@ -28,7 +28,9 @@ sub send_nowait
 	$c->{run}->pump_nb;
 }
 
-# A stuck session-bound worker holding the lease of row $row; returns (client, pid).
+# A stuck session-bound worker holding the lease of row $row; returns
+# (client, pid, backend_start). With terminate_zombies on it may be declared
+# dead and terminated before we look: wait until it sleeps or is gone.
 sub zombie
 {
 	my ($node, $id, $type, $row, $bind) = @_;
@@ -38,13 +40,14 @@ sub zombie
 		SELECT $S.upsert_worker_heartbeat('$id', '$type', 'processing', p_session_bound => $bind);
 		UPDATE app.jobs SET claimed_by = '$id', lease_expires_at = now() + interval '1 hour' WHERE id = $row;
 	});
-	my $pid = $c->query_safe('SELECT pg_backend_pid()');
-	chomp $pid;
+	my ($pid, $start) = split /\|/,
+	  $c->query_safe('SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()');
+	chomp $start;
 	send_nowait($c, "BEGIN; SELECT id FROM app.jobs WHERE id = $row FOR UPDATE; SELECT pg_sleep(600);");
 	$node->poll_query_until('postgres',
-		"SELECT wait_event = 'PgSleep' FROM pg_stat_activity WHERE pid = $pid")
+		"SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $pid AND wait_event IS DISTINCT FROM 'PgSleep')")
 	  or die "$id is not sleeping";
-	return ($c, $pid);
+	return ($c, $pid, $start);
 }
 
 sub alive
@@ -88,8 +91,8 @@ worker_heartbeat.launcher_interval = '1s'
 		                       claimed_by text, lease_expires_at timestamptz);
 		INSERT INTO app.jobs (id) SELECT g FROM generate_series(1, 10) g;
 		SELECT $S.register_lease_table('app.jobs', p_on_release => '{"state": "pending"}');
-		SELECT $S.set_worker_type_dead_after('stuck', '1 second');
-		SELECT $S.set_worker_type_dead_after('kept', '1 second');
+		SELECT $S.set_worker_type_dead_after('stuck', '2 seconds');
+		SELECT $S.set_worker_type_dead_after('kept', '2 seconds');
 	});
 
 	# --- the setting off: nothing is terminated --------------------------------
@@ -108,33 +111,42 @@ worker_heartbeat.launcher_interval = '1s'
 		LOAD 'worker_heartbeat';
 		ALTER SYSTEM SET worker_heartbeat.terminate_zombies = on; SELECT pg_reload_conf();});
 	$node->poll_query_until('postgres', "SELECT current_setting('worker_heartbeat.terminate_zombies', true) = 'on'");
-	$node->safe_psql('postgres', "SELECT $S.set_worker_type_terminate_zombies('kept', false)");
+	$node->safe_psql('postgres', qq{
+		SELECT $S.set_worker_type_terminate_zombies('kept', false);
+		-- nobody dies while the scene is set up
+		SELECT $S.set_worker_type_dead_after('stuck', '1 hour');
+		SELECT $S.set_worker_type_dead_after('kept', '1 hour');});
 
 	# Bystanders: an unbound worker stuck the same way, and a session running
 	# with the same worker id as a bound worker but not bound to it.
 	my ($u, $upid) = zombie($node, 'z-unbound', 'stuck', 3, 'false');
 	my ($k, $kpid) = zombie($node, 'z-kept', 'kept', 4);
 
-	my ($z2, $pid2) = zombie($node, 'z-on', 'stuck', 2);
-	my $start2 = $node->safe_psql('postgres', "SELECT backend_start FROM pg_stat_activity WHERE pid = $pid2");
-	# Another session of the same role that says it is z-on, unbound: it must
-	# not become the target (the row keeps the bound session's pid and start).
+	my ($z2, $pid2, $start2) = zombie($node, 'z-on', 'stuck', 2);
+	# Another session of the same role that heartbeats as z-on: refused while
+	# z-on is bound to its live session (55000), it must not become the
+	# target (the row keeps the bound session's pid and start).
 	my $same = $node->background_psql('postgres', on_error_stop => 0);
 	my $samepid = $same->query_safe('SELECT pg_backend_pid()');
 	chomp $samepid;
+	$same->query(qq{SELECT $S.upsert_worker_heartbeat('z-on', 'stuck', 'processing', p_session_bound => true)});
+	like($same->{stderr}, qr/bound to another database session/, "$mode: a second session cannot take z-on");
 	send_nowait($same, 'SELECT pg_sleep(600);');
+	$node->safe_psql('postgres', qq{
+		SELECT $S.set_worker_type_dead_after('stuck', '1 second');
+		SELECT $S.set_worker_type_dead_after('kept', '1 second');});
 
 	ok(died($node, 'z-on'), "$mode: on: the stuck worker is declared dead");
 	ok($node->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid2"),
 		"$mode: on: its backend is terminated");
 	ok($node->poll_query_until('postgres', "SELECT claimed_by IS NULL AND state = 'pending' FROM app.jobs WHERE id = 2"),
 		"$mode: on: its lease is released");
-	is($node->safe_psql('postgres', "SELECT count(*) FROM app.jobs WHERE id = 2 FOR UPDATE NOWAIT"),
-		'1', "$mode: on: its row lock is gone");
+	is($node->safe_psql('postgres', "SELECT id FROM app.jobs WHERE id = 2 FOR UPDATE NOWAIT"),
+		'2', "$mode: on: its row lock is gone");
 	is($node->safe_psql('postgres', qq{
-			SELECT details->>'pid' || ' ' || (details->>'backend_start')::timestamptz = '$start2' FROM $S.worker_events
+			SELECT details->>'pid' || ' ' || ((details->>'backend_start')::timestamptz = '$start2') || ' ' || (details->>'exited') FROM $S.worker_events
 			 WHERE event = 'terminated' AND worker_id = 'z-on'}),
-		"$pid2 t", "$mode: on: a terminated event with its pid and backend_start");
+		"$pid2 true true", "$mode: on: a terminated event with its pid and backend_start; it exited");
 	like(events_of($node, 'z-on'), qr/died,terminated,leases_released/, "$mode: died, terminated, then released");
 
 	ok(died($node, 'z-unbound'), "$mode: the unbound worker is dead too");
@@ -160,7 +172,7 @@ worker_heartbeat.launcher_interval = '1s'
 	$node->safe_psql('postgres', qq{
 		UPDATE $S.worker_heartbeats SET session_pid = $supid,
 		       session_started_at = (SELECT backend_start FROM pg_stat_activity WHERE pid = $supid),
-		       last_heartbeat_at = now()
+		       last_heartbeat_at = now(), status = 'processing', died_at = NULL, death_cause = NULL
 		 WHERE worker_id = 'z-forged'});
 	ok(died($node, 'z-forged'), "$mode: a worker bound (forged) to a superuser's backend is dead");
 	ok($node->poll_query_until('postgres',
