@@ -439,6 +439,15 @@ def hb_np_report(P, R, out):
              "np <= 10% of seed (cluster B)", n["wal_per_hb"] <= 0.10 * s["wal_per_hb"])]
 
 
+def hb_directive_script(P):
+    """1.3: heartbeat() takes upsert_worker_heartbeat's arguments and answers
+    with the worker's directive (no drain/pause rule in force here)."""
+    return write_script("hb_directive.sql",
+                        "\\set w random(1, %d)\n"
+                        "SELECT pm_pipeline.heartbeat('w' || :w, "
+                        "'company_research', 'active');\n" % P["hb_workers"])
+
+
 def fig_heartbeats(P, R):
     """Figures 1-3. hb/s: median of short timed pgbench runs, interleaved side by
     side with the ceiling (SELECT 1). Then every side is topped up to hb_total
@@ -448,6 +457,7 @@ def fig_heartbeats(P, R):
     otherwise idle), divided by all its heartbeats; the preloaded extension's
     windows end only after two more reaper passes, so its flushes are counted."""
     script = hb_script(P)
+    directive_script = hb_directive_script(P)
     sel1 = write_script("select1.sql", "SELECT 1;\n")
     rel = "pm_pipeline.worker_heartbeats"
     sides = variants() + setup_seed_np()
@@ -467,13 +477,13 @@ def fig_heartbeats(P, R):
             c.execute("VACUUM ANALYZE %s" % rel)
             R[key]["size_first"] = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
             c.execute("CHECKPOINT")
-        acc[key] = dict(done=0, wal=0.0, tps=[])
+        acc[key] = dict(done=0, wal=0.0, tps=[], directive_tps=[])
 
-    def window(key, cl, db, clients, transactions=None, seconds=None, background=False):
+    def window(key, cl, db, clients, transactions=None, seconds=None, background=False, sql=None):
         """Run heartbeats (or start them) and account their WAL."""
         c = cl.connect(db)
         lsn0 = q1(c, "SELECT pg_current_wal_lsn()")
-        args = (cl, db, script, clients)
+        args = (cl, db, sql or script, clients)
         kw = dict(transactions=transactions, seconds=seconds)
         if background:
             p = pgbench(*args, background=True, **kw)
@@ -508,11 +518,35 @@ def fig_heartbeats(P, R):
         for key, cl, db in sides:
             if key not in acc:
                 continue
+
+            def warm(fn, key=key, cl=cl, db=db):
+                # The shared-memory cache knows a worker per function: after
+                # the other function's window, one committed beat per worker
+                # first, so that each timed window is the steady state.
+                if key != "seed":
+                    with cl.connect(db) as c:
+                        c.execute("SELECT count(pm_pipeline.%s('w' || g, 'company_research', 'active')) "
+                                  "FROM generate_series(1, %d) g" % (fn, P["hb_workers"]))
+
             def timed(key=key, cl=cl, db=db):
+                warm("upsert_worker_heartbeat")
                 r = window(key, cl, db, P["hb_clients"], seconds=P["hb_secs"])
                 acc[key]["tps"].append(r["tps"])
                 log("heartbeats round %d %s: %.0f hb/s" % (rnd, key, r["tps"]))
-            guarded(key, "heartbeats", timed)
+
+            # The same heartbeats through heartbeat(), which returns the
+            # directive (1.3): same round, same clients; which of the two
+            # goes first alternates from round to round.
+            def timed_directive(key=key, cl=cl, db=db):
+                warm("heartbeat")
+                r = window(key, cl, db, P["hb_clients"], seconds=P["hb_secs"], sql=directive_script)
+                acc[key]["directive_tps"].append(r["tps"])
+                log("heartbeats round %d %s heartbeat(): %.0f hb/s" % (rnd, key, r["tps"]))
+
+            order = [timed] if key == "seed" else ([timed, timed_directive] if rnd % 2 == 0
+                                                   else [timed_directive, timed])
+            for fn in order:
+                guarded(key, "heartbeats", fn)
     R["ceiling"]["hb_per_s"] = statistics.median(ceiling)
     # top up to hb_total heartbeats: seed (cluster A) with extnp (cluster B), then ext (A)
     for group in (("seed", "extnp"), ("ext",)):
@@ -540,6 +574,10 @@ def fig_heartbeats(P, R):
         with cl.connect(db) as c:
             size1 = q1(c, "SELECT pg_total_relation_size(%s::regclass)", (rel,))
         R[key]["hb_per_s"] = statistics.median(a["tps"])
+        if a["directive_tps"]:
+            R[key]["hb_directive_per_s"] = statistics.median(a["directive_tps"])
+            R[key]["hb_directive_vs_upsert"] = statistics.median(
+                [d / u for d, u in zip(a["directive_tps"], a["tps"]) if u])
         R[key]["wal_per_hb"] = a["wal"] / a["done"]
         R[key]["hb_done"] = a["done"]
         if a["done"] >= P["hb_total"] * 0.99:
@@ -1004,6 +1042,10 @@ def rows_spec(P):
     return [
         ("hb_per_s", "heartbeats/s (pgbench, %d clients, %d workers)" % (P["hb_clients"], P["hb_workers"]),
          "/s", True, ("ext >= 5x seed", lambda e, s, c: e >= 5 * s)),
+        ("hb_directive_per_s", "  the same through heartbeat(), which returns the directive (1.3)", "/s", True,
+         None),
+        ("hb_directive_vs_upsert", "  heartbeat() / upsert_worker_heartbeat() (median of per-round ratios)", "x",
+         True, None),
         ("wal_per_hb", "WAL bytes per heartbeat (incl. reaper flushes)", "B/hb", False,
          ("ext <= 10% of seed", lambda e, s, c: e <= 0.10 * s)),
         ("size_first", "heartbeat table after first %d beats" % P["hb_workers"], "bytes", False, None),
@@ -1054,6 +1096,11 @@ def build_table(P, R):
                 ok = ok and bool(goal[1](n, s, c))
             met = "yes" if ok else "NO"
             verdicts.append((label, goal[0], ok))
+        if key == "hb_directive_vs_upsert" and e is not None and n is not None:
+            # The heartbeat with a directive costs no more than today's (per-round noise +-5%).
+            ok = e >= 0.95 and n >= 0.95
+            met = "yes" if ok else "NO"
+            verdicts.append((label, "heartbeat() >= 0.95x upsert_worker_heartbeat(), preloaded and not", ok))
         np_ok = ""
         if n is not None and s is not None and key not in ("size_first", "claims_vs_none"):
             better = n >= s if hib else n <= s
@@ -1067,7 +1114,9 @@ def build_table(P, R):
         lines.append([label, fmt(e, unit), fmt(ratio(e, s), "x") if e is not None else "n/a",
                       fmt(ratio(e, c), "x") if c is not None and e is not None else "",
                       fmt(n, unit), fmt(ratio(n, s), "x") if n is not None else "n/a",
-                      seed_txt, ceil_txt, goal[0] if goal else "", met, np_ok])
+                      seed_txt, ceil_txt,
+                      goal[0] if goal else ("ext, np >= 0.95x" if key == "hb_directive_vs_upsert" else ""),
+                      met, np_ok])
     return header, lines, verdicts
 
 
@@ -1210,7 +1259,8 @@ def main():
     else:
         out.write("quick mode: sizes too small for the goals to mean anything; goals not judged.\n")
     missing = [(k, key) for k in ("ext", "extnp", "seed") for key, *_ in rows_spec(P)
-               if ENV.have_ext or k == "seed" if R[k].get(key) is None]
+               if ENV.have_ext or k == "seed" if R[k].get(key) is None
+               and not (k == "seed" and key.startswith("hb_directive"))]
     cores = os.cpu_count() or 1
     for k, name in (("ext", "extension (preloaded)"), ("extnp", "extension (not preloaded)"),
                     ("seed", "seed design")):

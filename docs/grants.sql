@@ -35,11 +35,17 @@ GRANT EXECUTE ON FUNCTION
 SELECT pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', p.oid::regprocedure, :'worker_role')
   FROM pg_catalog.pg_proc p
  WHERE p.pronamespace OPERATOR(pg_catalog.=) (:'schema')::regnamespace
-   AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease'])
+   AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['claim_leases', 'extend_lease', 'complete_lease', 'fail_lease', 'check_lease', 'checkpoint_lease'])
 \gexec
 SELECT pg_catalog.format('GRANT SELECT ON %s.lease_tables TO %I', pg_catalog.quote_ident(:'schema'), :'worker_role'),
        pg_catalog.format('GRANT USAGE ON SEQUENCE %s.lease_token_seq TO %I', pg_catalog.quote_ident(:'schema'), :'worker_role')
  WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(:'schema') || '.lease_token_seq') IS NOT NULL
+\gexec
+-- 1.3: heartbeat(), which answers with the worker's directive (drain, pause).
+SELECT pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', p.oid::regprocedure, :'worker_role')
+  FROM pg_catalog.pg_proc p
+ WHERE p.pronamespace OPERATOR(pg_catalog.=) (:'schema')::regnamespace
+   AND p.proname OPERATOR(pg_catalog.=) 'heartbeat'
 \gexec
 
 -- Monitoring (read-only): views, tables, summaries, metrics.
@@ -52,6 +58,11 @@ GRANT SELECT ON
 SELECT pg_catalog.format('GRANT SELECT ON %s.worker_event_totals TO %I', pg_catalog.quote_ident(:'schema'), :'monitor_role')
  WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(:'schema') || '.worker_event_totals') IS NOT NULL
 \gexec
+-- 1.3: the drain and pause rules, and the fleet with each worker's directive.
+SELECT pg_catalog.format('GRANT SELECT ON %1$s.worker_directives, %1$s.worker_fleet TO %2$I',
+                         pg_catalog.quote_ident(:'schema'), :'monitor_role')
+ WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(:'schema') || '.worker_fleet') IS NOT NULL
+\gexec
 GRANT EXECUTE ON FUNCTION
     :"schema".get_active_workers(), :"schema".get_dead_workers(), :"schema".get_worker_stats(),
     :"schema".get_worker_health_summary(), :"schema".reaper_status(), :"schema".metrics()
@@ -60,4 +71,5 @@ GRANT EXECUTE ON FUNCTION
 -- Operators (registering tables, manual passes, the reaper switch) are the
 -- extension's owner by default; grant these to an operator role if needed:
 --   register_lease_table, unregister_lease_table, release_dead_worker_leases,
---   cleanup_stale_workers, set_worker_type_dead_after, start_reaper, stop_reaper
+--   cleanup_stale_workers, set_worker_type_dead_after, start_reaper, stop_reaper,
+--   (1.3) drain_workers, pause_workers, resume_workers

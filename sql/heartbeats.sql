@@ -111,7 +111,7 @@ SELECT pm_pipeline.upsert_worker_heartbeat('scraper-α', 'web scraper ✓', 'idl
 SELECT worker_id, status, death_cause, died_at FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'scraper-α';
 
 -- The history of all that.
-SELECT event_id, worker_id, worker_type, event, details,
+SELECT event_id, worker_id, worker_type, event, details - 'forensics' AS details, -- 1.3: forensics in 110
        silent_for IS NOT NULL AS has_silent_for, detection_latency IS NOT NULL AS has_latency
   FROM pm_pipeline.worker_events ORDER BY event_id;
 

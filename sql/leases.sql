@@ -115,7 +115,7 @@ SELECT claimed_by FROM app.unregistered;
 -- Nothing left to do: a second pass releases nothing.
 SELECT pm_pipeline.release_dead_worker_leases();
 
-SELECT worker_id, event, table_name, released_count, details
+SELECT worker_id, event, table_name, released_count, details - 'forensics' AS details -- 1.3: forensics in 110
   FROM pm_pipeline.worker_events WHERE event IN ('died', 'stopped', 'leases_released') ORDER BY event_id;
 
 -- Workers that still hold a lease are never removed as stale.

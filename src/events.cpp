@@ -85,6 +85,10 @@ const char *Payload(StringInfo buf, const Event &e, int64 event_id, const char *
 	JsonSeconds(buf, "detection_latency_s", e.latency_us);
 	JsonKey(buf, "at");
 	appendStringInfoString(buf, at_json);
+	if (e.extra_notify && buf->len + strlen(e.extra_notify) + 2 < static_cast<size_t>(kMaxPayloadBytes)) {
+		appendStringInfoChar(buf, ',');
+		appendStringInfoString(buf, e.extra_notify);
+	}
 	appendStringInfoChar(buf, '}');
 	if (buf->len >= kMaxPayloadBytes)
 		return Payload(buf, e, event_id, at_json, true);
@@ -94,7 +98,7 @@ const char *Payload(StringInfo buf, const Event &e, int64 event_id, const char *
 // details of an event, as JSON text (buf reset first); NULL when it has none.
 text *Details(StringInfo buf, const Event &e)
 {
-	if (!e.cause && !e.reason)
+	if (!e.cause && !e.reason && !e.extra_details)
 		return nullptr;
 	resetStringInfo(buf);
 	appendStringInfoChar(buf, '{');
@@ -109,6 +113,11 @@ text *Details(StringInfo buf, const Event &e)
 		appendStringInfoString(buf, "\":");
 		escape_json(buf, value);
 		first = false;
+	}
+	if (e.extra_details) {
+		if (!first)
+			appendStringInfoChar(buf, ',');
+		appendStringInfoString(buf, e.extra_details);
 	}
 	appendStringInfoChar(buf, '}');
 	return cstring_to_text_with_len(buf->data, buf->len);
@@ -160,6 +169,8 @@ void Batch::Add(const Event &event)
 	copy.table_name = event.table_name ? pstrdup(Clip(event.table_name, kMaxNameBytes)) : nullptr;
 	copy.cause = event.cause ? pstrdup(Clip(event.cause, kMaxNameBytes)) : nullptr;
 	copy.reason = event.reason ? pstrdup(Clip(event.reason, kMaxNameBytes)) : nullptr;
+	copy.extra_details = event.extra_details ? pstrdup(event.extra_details) : nullptr;
+	copy.extra_notify = event.extra_notify ? pstrdup(event.extra_notify) : nullptr;
 }
 
 void Batch::Flush(const catalog::Extension &ext, TimestampTz at)

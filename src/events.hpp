@@ -35,6 +35,13 @@ struct Event {
 	int64 latency_us = -1;             // < 0: NULL
 	const char *cause = nullptr;       // for "died": heartbeat_timeout / session_ended
 	const char *reason = nullptr;      // details.reason
+	// 1.3 (death forensics, zombie termination): JSON object members, e.g.
+	// "forensics":{...}, added to details (extra_details) and to a full NOTIFY
+	// payload (extra_notify, left out when the payload would grow past
+	// kMaxPayloadBytes; never in a minimal one). Built by their owners with
+	// escape_json; copied by Add.
+	const char *extra_details = nullptr;
+	const char *extra_notify = nullptr;
 };
 
 class Batch

@@ -3,6 +3,8 @@
 #include "boundary.hpp"
 #include "core/digest.hpp"
 #include "core/worker_status.hpp"
+#include "directives.hpp"
+#include "death_forensics.hpp"
 #include "events.hpp"
 #include "heartbeat_cache.hpp"
 #include "leases.hpp"
@@ -78,6 +80,9 @@ bool session_hook_installed = false;
 
 void OnSessionEnd(int, Datum)
 {
+	// What pg_stat_activity shows of us, for the died event (before the
+	// reaper can look: it wakes below).
+	forensics::CaptureAtSessionEnd();
 	// The session is ending: wake the reaper, telling it which session it was,
 	// because pg_stat_activity may still list us for a few more moments.
 	registry::NoteSessionEnded(MyDatabaseId, MyProcPid, MyStartTimestamp, GetCurrentTimestamp());
@@ -87,6 +92,7 @@ void InstallSessionHook()
 {
 	if (session_hook_installed)
 		return;
+	(void)forensics::Attach(); // not preloaded: now, not while exiting
 	before_shmem_exit(OnSessionEnd, (Datum)0);
 	session_hook_installed = true;
 }
@@ -392,6 +398,7 @@ bool StopRow(const catalog::Extension &ext, const Caller &c, text *worker_id, Ti
 	CheckMayActOn(c, worker_id, isnull ? InvalidOid : DatumGetObjectId(owner), "stop");
 	char *id = text_to_cstring(worker_id);
 	events::Batch *batch = events::Batch::Create();
+	directives::NoteStop(ext, id, worker_type, batch); // 1.3: 'drained', before the release
 	if (emit_event) {
 		events::Event e{};
 		e.event = "stopped";

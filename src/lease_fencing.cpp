@@ -2,7 +2,9 @@
 
 #include "boundary.hpp"
 #include "catalog.hpp"
+#include "directives.hpp"
 #include "events.hpp"
+#include "lease_checkpoints.hpp"
 #include "leases.hpp"
 #include "spi_plans.hpp"
 
@@ -60,6 +62,19 @@ int64 TokenArg(FunctionCallInfo fcinfo)
 	return PG_GETARG_INT64(1);
 }
 
+Jsonb *OptionalJsonb(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? nullptr : PG_GETARG_JSONB_P(n);
+}
+
+} // namespace
+
+// Shared with the checkpoint functions (lease_checkpoints.cpp).
+namespace wh::fencing
+{
+
+using wh::leases::Table;
+
 Datum LeaseArg(FunctionCallInfo fcinfo, int n)
 {
 	RequireNotNull(fcinfo, n, "p_lease");
@@ -71,11 +86,6 @@ Datum LeaseArg(FunctionCallInfo fcinfo, int n)
 		         errmsg("p_lease must be positive, not %s", DatumGetCString(DirectFunctionCall1(interval_out, lease))),
 		         errhint("For example '30 seconds'.")));
 	return lease;
-}
-
-Jsonb *OptionalJsonb(FunctionCallInfo fcinfo, int n)
-{
-	return PG_ARGISNULL(n) ? nullptr : PG_GETARG_JSONB_P(n);
 }
 
 // The registration of relid, which must have a token column.
@@ -109,6 +119,15 @@ const Table *RequireFencedTable(const wh::catalog::Extension &ext, Oid relid)
 	         errhint("Stop working on this row (another worker may own it now); claim again with claim_leases().")));
 	pg_unreachable();
 }
+
+} // namespace wh::fencing
+
+namespace
+{
+
+using wh::fencing::LeaseArg;
+using wh::fencing::RequireFencedTable;
+using wh::fencing::StaleToken;
 
 // p_set may not touch the columns the fencing functions keep.
 void RefuseManaged(const Table &t, const Assignment *list, int count, const char *parameter)
@@ -145,6 +164,23 @@ void FillParams(const Assignment *list, int count, Oid *types, Datum *values, ch
 		values[i] = list[i].value ? CStringGetTextDatum(list[i].value) : (Datum)0;
 		nulls[i] = list[i].value ? ' ' : 'n';
 	}
+}
+
+// 1.3: completing a lease clears its checkpoint (the work is done; a row
+// queued again later starts afresh), unless p_set assigns the column. A
+// checkpoint column that was dropped since is left alone.
+void ClearCheckpoint(StringInfo buf, const wh::catalog::Extension &ext, const Table &t, const Assignment *set,
+                     int set_count)
+{
+	const char *unfit = nullptr;
+	const char *column = wh::checkpoints::Column(ext, t.relid, &unfit);
+	if (!column || unfit)
+		return;
+	const char *quoted = quote_identifier(column);
+	for (int i = 0; i < set_count; ++i)
+		if (strcmp(set[i].column, quoted) == 0)
+			return;
+	appendStringInfo(buf, ", %s = NULL", quoted);
 }
 
 // OPERATOR(schema.=) of the column's type (its default equality, wherever it lives).
@@ -331,6 +367,11 @@ Datum ClaimLeases(FunctionCallInfo fcinfo, Oid relid, Oid argtype)
 		Assignment *filter = OptionalAssignments(*t, filter_json, "p_filter", &filter_count);
 		Assignment *set = OptionalAssignments(*t, set_json, "p_set", &set_count);
 		RefuseManaged(*t, set, set_count, "p_set");
+		// 1.3 (issue 16): nothing for a draining or paused worker.
+		if (wh::directives::RefusesClaims(ext, worker)) {
+			SPI_finish();
+			return (Datum)0;
+		}
 
 		// 1. Pick and lock free rows, oldest first, skipping rows others hold locked.
 		StringInfoData pick;
@@ -473,6 +514,7 @@ Datum CompleteLease(FunctionCallInfo fcinfo)
 		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->qualified, t->worker_column,
 		                 t->expires_column, t->token_column);
 		AppendAssignments(&sql, set, set_count, 2);
+		ClearCheckpoint(&sql, ext, *t, set, set_count);
 		appendStringInfo(&sql, " WHERE t.%s OPERATOR(pg_catalog.=) $1 AND t.%s IS NOT NULL", t->token_column,
 		                 t->worker_column);
 		int nargs = 1 + set_count;

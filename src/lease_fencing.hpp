@@ -19,6 +19,8 @@
 // quoted; every value is a parameter.
 #pragma once
 
+#include "catalog.hpp"
+#include "leases.hpp"
 #include "pg.hpp"
 
 extern "C" {
@@ -29,3 +31,16 @@ Datum wh_complete_lease(PG_FUNCTION_ARGS);
 Datum wh_fail_lease(PG_FUNCTION_ARGS);
 Datum wh_check_lease(PG_FUNCTION_ARGS);
 }
+
+namespace wh::fencing
+{
+
+// p_lease (argument n): not NULL (22004) and positive (22023).
+Datum LeaseArg(FunctionCallInfo fcinfo, int n);
+// The registration of relid, which must have a token column and still
+// qualify: 42P01, 42704 (not registered) or 55000 otherwise.
+const leases::Table *RequireFencedTable(const catalog::Extension &ext, Oid relid);
+// SQLSTATE WH001: no row holds a lease with this token.
+[[noreturn]] void StaleToken(const leases::Table &t, int64 token);
+
+} // namespace wh::fencing

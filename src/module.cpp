@@ -1,4 +1,5 @@
 // Loading the library: settings, shared memory, the launcher.
+#include "death_forensics.hpp"
 #include "heartbeat_cache.hpp"
 #include "pg.hpp"
 #include "reaper.hpp"
@@ -25,6 +26,7 @@ void RequestSharedMemory()
 	if (previous_shmem_request_hook)
 		previous_shmem_request_hook();
 	RequestAddinShmemSpace(wh::registry::ShmemSize());
+	RequestAddinShmemSpace(wh::forensics::ShmemSize());
 	wh::cache::RequestShmem();
 }
 
@@ -34,6 +36,7 @@ void StartSharedMemory()
 		previous_shmem_startup_hook();
 	wh::registry::Attach();
 	wh::cache::InitShmem();
+	(void)wh::forensics::Attach();
 }
 
 } // namespace

@@ -1,12 +1,14 @@
 #include "reaping_pass.hpp"
 
 #include "boundary.hpp"
+#include "death_forensics.hpp"
 #include "events.hpp"
 #include "heartbeat_cache.hpp"
 #include "leases.hpp"
 #include "reaper_registry.hpp"
 #include "settings.hpp"
 #include "spi_plans.hpp"
+#include "zombie_termination.hpp"
 
 #include <cstdlib>
 #include <cstring>
@@ -34,6 +36,8 @@ struct Death {
 	int64 silent_for_us;
 	int64 latency_us;
 	const char *cause;
+	forensics::Facts facts; // 1.3: what the row said (death_forensics.hpp)
+	forensics::Json forensics;
 };
 
 struct Deaths {
@@ -197,6 +201,26 @@ Death ReadDeath(int row, const char *cause)
 	return d;
 }
 
+// 1.3: the row as it was, for death forensics: from `first` on,
+// last_status, current_task, lease_expires_at, session_pid, backend start.
+void ReadFacts(int row, int first, Death *d)
+{
+	bool isnull = false;
+	forensics::Facts &f = d->facts;
+	f.cause = d->cause;
+	f.silent_for_us = d->silent_for_us;
+	f.last_status = spi::ColumnText(row, first);
+	f.current_task = spi::ColumnText(row, first + 1);
+	Datum lease = spi::Column(row, first + 2, &isnull);
+	f.has_lease_expires = !isnull;
+	f.lease_expires_at = isnull ? 0 : DatumGetTimestampTz(lease);
+	Datum pid = spi::Column(row, first + 3, &isnull);
+	f.session_pid = isnull ? 0 : DatumGetInt32(pid);
+	Datum start = spi::Column(row, first + 4, &isnull);
+	f.has_backend_start = !isnull;
+	f.backend_start = isnull ? 0 : DatumGetTimestampTz(start);
+}
+
 void FlushHeartbeats(const catalog::Extension &ext, Bounded *bounded)
 {
 	if (!cache::Available() || !registry::TakeHeartbeatsPending(MyDatabaseId))
@@ -279,7 +303,8 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 	    "                      WHERE s.backend_start OPERATOR(pg_catalog.=) w.session_started_at))), "
 	    // Checked again on the row as it is now: a stop_worker() that
 	    // committed since the snapshot wins.
-	    "locked AS (SELECT w.worker_id, gone.session_pid FROM %s w JOIN gone "
+	    "locked AS (SELECT w.worker_id, gone.session_pid, w.status AS last_status, w.current_task, "
+	    "  w.lease_expires_at, w.session_started_at FROM %s w JOIN gone "
 	    "  ON w.worker_id OPERATOR(pg_catalog.=) gone.worker_id "
 	    "  WHERE w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid IS NOT NULL " // the partial index
 	    "  AND w.session_pid OPERATOR(pg_catalog.=) gone.session_pid "
@@ -289,15 +314,18 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 	    "  FROM locked WHERE w.worker_id OPERATOR(pg_catalog.=) locked.worker_id "
 	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) AND w.session_pid IS NOT NULL "
 	    "  AND w.session_pid OPERATOR(pg_catalog.=) locked.session_pid "
-	    "  RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, locked.session_pid) "
+	    "  RETURNING w.worker_id, w.worker_type, $3 OPERATOR(pg_catalog.-) w.last_heartbeat_at, locked.session_pid, "
+	    "  locked.last_status, locked.current_task, locked.lease_expires_at, locked.session_pid AS pid, "
+	    "  locked.session_started_at) "
 	    "SELECT d.*, NULL::pg_catalog.int8 FROM dead d "
-	    "UNION ALL SELECT NULL, NULL, NULL, NULL, (SELECT pg_catalog.count(*) FROM gone) OPERATOR(pg_catalog.-) "
+	    "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+	    "(SELECT pg_catalog.count(*) FROM gone) OPERATOR(pg_catalog.-) "
 	    "(SELECT pg_catalog.count(*) FROM locked)",
 	    table, kLive, table, kLive, table, kLive);
 	int skipped = 1;
 	uint64 rows = 0;
 	if (RunBounded(spi::Plan(sql, 3, types), values, false))
-		skipped = TakeSkippedRow(5, &rows);
+		skipped = TakeSkippedRow(10, &rows);
 	if (skipped > 0) {
 		// The sessions taken from the ring are not lost: the next pass sweeps.
 		bounded->skipped += skipped;
@@ -312,6 +340,7 @@ void FindSessionDeaths(const catalog::Extension &ext, TimestampTz pass_start, co
 		int r = static_cast<int>(row);
 		bool isnull = false;
 		Death d = ReadDeath(r, "session_ended");
+		ReadFacts(r, 5, &d);
 		int32 pid = DatumGetInt32(spi::Column(r, 4, &isnull));
 		for (int i = 0; i < n; ++i)
 			if (pids[i] == pid)
@@ -397,7 +426,8 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	// next pass.
 	char *deadline = DeadlineSql("w.last_heartbeat_at", "d.dead_after");
 	char *mark_sql = psprintf(
-	    "WITH d AS (SELECT w.worker_id, d0.dead_after FROM %s w "
+	    "WITH d AS (SELECT w.worker_id, d0.dead_after, w.status AS last_status, w.session_pid, w.session_started_at "
+	    "  FROM %s w "
 	    "  LEFT JOIN %s t ON t.worker_type OPERATOR(pg_catalog.=) w.worker_type "
 	    "  CROSS JOIN LATERAL (SELECT %s AS dead_after) d0 "
 	    "  WHERE w.worker_id OPERATOR(pg_catalog.=) ANY ($1) " // probe the key, not a join over everyone
@@ -410,15 +440,17 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	    "  AND w.status OPERATOR(pg_catalog.=) ANY (%s) "
 	    "  AND %s OPERATOR(pg_catalog.<=) $2 "
 	    "  RETURNING w.worker_id, w.worker_type, $2 OPERATOR(pg_catalog.-) w.last_heartbeat_at, "
-	    "  $2 OPERATOR(pg_catalog.-) %s) "
+	    "  $2 OPERATOR(pg_catalog.-) %s, "
+	    "  d.last_status, w.current_task, w.lease_expires_at, d.session_pid, d.session_started_at) "
 	    "SELECT x.*, NULL::pg_catalog.int8 FROM dead x "
-	    "UNION ALL SELECT NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) (SELECT pg_catalog.count(*) FROM d)",
+	    "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, $4 OPERATOR(pg_catalog.-) "
+	    "(SELECT pg_catalog.count(*) FROM d)",
 	    table, types_table, DeadAfterSql("t.dead_after"), kLive, DeadlineSql("w.last_heartbeat_at", "d0.dead_after"),
 	    table, kLive, deadline, deadline);
 	int skipped = 1;
 	uint64 rows = 0;
 	if (RunBounded(spi::Plan(mark_sql, 4, mark_types), mark_values, false))
-		skipped = TakeSkippedRow(5, &rows);
+		skipped = TakeSkippedRow(10, &rows);
 	if (skipped > 0) {
 		bounded->skipped += skipped;
 		registry::InvalidateDeathSchedule(MyDatabaseId); // the next pass checks again
@@ -428,6 +460,7 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 		bool isnull = false;
 		Death d = ReadDeath(r, "heartbeat_timeout");
 		d.latency_us = IntervalMicroseconds(spi::Column(r, 4, &isnull));
+		ReadFacts(r, 5, &d);
 		deaths->Add(d);
 	}
 }
@@ -496,6 +529,9 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 	Deaths deaths{nullptr, 0, 0};
 	FindSessionDeaths(ext, now, options, &deaths, &bounded);
 	FindTimeoutDeaths(ext, now, options.full, &deaths, &bounded);
+	// 1.3: what each was doing (read before a zombie is terminated).
+	for (int i = 0; i < deaths.count; ++i)
+		deaths.items[i].forensics = forensics::Describe(deaths.items[i].facts);
 
 	leases::Holder *holders = nullptr;
 	int holder_count = 0;
@@ -518,8 +554,16 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 		e.silent_for_us = d.silent_for_us;
 		e.latency_us = d.latency_us;
 		e.cause = d.cause;
+		e.extra_details = d.forensics.details;
+		e.extra_notify = d.forensics.notify;
 		batch->Add(e);
 	}
+	// 1.3: the still running backend of a zombie is terminated (opt-in)
+	// before its leases are released, so that its row locks are gone.
+	TimestampTz zombie_deadline = GetCurrentTimestamp() + zombies::kPassBudgetUs;
+	for (int i = 0; options.from_reaper && i < deaths.count; ++i)
+		zombies::TerminateIfZombie(ext, deaths.items[i].worker_id, deaths.items[i].worker_type, deaths.items[i].facts,
+		                           zombie_deadline, batch);
 	leases::ReleaseOptions release{holders, holder_count, true, !options.from_reaper, "worker_dead"};
 	leases::ReleaseResult released = leases::ReleaseLeases(ext, release, batch);
 	batch->Flush(ext, now);

@@ -26,6 +26,9 @@ int max_task_bytes = 1024;
 int max_metadata_bytes = 64 * 1024;
 int max_workers_per_role = 10000;
 bool shared_worker_ids = false;
+int max_checkpoint_bytes = 1024 * 1024;
+bool forensics_query_text = true;
+bool terminate_zombies = false;
 
 void Define()
 {
@@ -84,6 +87,23 @@ void Define()
 	                         "Every role that may call the heartbeat functions may act on every worker.",
 	                         "Off: a worker belongs to the role that created it, its members and superusers.",
 	                         &shared_worker_ids, shared_worker_ids, PGC_SUSET, 0, nullptr, nullptr, nullptr);
+	// 1.3: the largest checkpoint checkpoint_lease() stores (docs/fenced-leases.md).
+	DefineCustomIntVariable("worker_heartbeat.max_checkpoint_bytes",
+	                        "Largest checkpoint checkpoint_lease() stores (jsonb size), in bytes.", nullptr,
+	                        &max_checkpoint_bytes, max_checkpoint_bytes, 64, 256 * 1024 * 1024, PGC_SUSET,
+	                        GUC_UNIT_BYTE, nullptr, nullptr, nullptr);
+	// Death forensics and zombie termination (docs/fleet-control.md). Query
+	// texts may hold secrets: only a superuser decides whether they go into
+	// worker_events (never into NOTIFY payloads).
+	DefineCustomBoolVariable("worker_heartbeat.forensics_query_text",
+	                         "The died event's forensics keep the dead worker's last query text (256 bytes at most).",
+	                         "Off: the query is left out; state, wait event and transaction times are kept.",
+	                         &forensics_query_text, forensics_query_text, PGC_SUSET, 0, nullptr, nullptr, nullptr);
+	DefineCustomBoolVariable("worker_heartbeat.terminate_zombies",
+	                         "The reaper terminates the still running backend of a session-bound worker it declares "
+	                         "dead by timeout.",
+	                         "Overridden per worker type with set_worker_type_terminate_zombies().", &terminate_zombies,
+	                         terminate_zombies, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	// A postmaster setting can only be defined while the postmaster loads us:
 	// without shared_preload_libraries there is no cache to size anyway.
 	if (process_shared_preload_libraries_in_progress)

@@ -29,5 +29,10 @@ extern int notify_payload;
 // 1.2 (issue 13, items 5 and 6)
 extern int session_check_interval_ms; // worker_heartbeat.session_check_interval (0: off)
 extern double events_retention_ms;    // worker_heartbeat.events_retention (0: keep everything)
+// 1.3 (issue 16, checkpoints)
+extern int max_checkpoint_bytes; // worker_heartbeat.max_checkpoint_bytes
+// 1.3 (issue 16, sections 3 and 4): docs/fleet-control.md
+extern bool forensics_query_text; // worker_heartbeat.forensics_query_text
+extern bool terminate_zombies;    // worker_heartbeat.terminate_zombies
 
 } // namespace wh::settings

@@ -3,6 +3,8 @@
 // (boundary.hpp).
 #include "boundary.hpp"
 #include "catalog.hpp"
+#include "core/worker_status.hpp"
+#include "directives.hpp"
 #include "heartbeats.hpp"
 #include "leases.hpp"
 #include "reaper.hpp"
@@ -18,6 +20,7 @@ extern "C" {
 #include "utils/uuid.h"
 
 PG_FUNCTION_INFO_V1(wh_upsert_worker_heartbeat);
+PG_FUNCTION_INFO_V1(wh_heartbeat);
 PG_FUNCTION_INFO_V1(wh_stop_worker);
 PG_FUNCTION_INFO_V1(wh_cleanup_stale_workers);
 PG_FUNCTION_INFO_V1(wh_register_lease_table);
@@ -65,6 +68,24 @@ void ConnectSpi()
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
 }
 
+wh::heartbeats::HeartbeatArgs BeatFromArgs(FunctionCallInfo fcinfo)
+{
+	wh::heartbeats::HeartbeatArgs args{};
+	args.worker_id = TextArg(fcinfo, 0);
+	args.worker_type = TextArg(fcinfo, 1);
+	args.status = TextArg(fcinfo, 2);
+	args.run_id = PG_ARGISNULL(3) ? nullptr : PG_GETARG_UUID_P(3);
+	args.task = TextArg(fcinfo, 4);
+	args.has_lease_expires = !PG_ARGISNULL(5);
+	args.lease_expires = args.has_lease_expires ? PG_GETARG_TIMESTAMPTZ(5) : 0;
+	args.metadata = PG_ARGISNULL(6) ? nullptr : PG_GETARG_JSONB_P(6);
+	args.session_bound = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
+	args.function_oid = fcinfo->flinfo->fn_oid;
+	wh::heartbeats::Validate(args);
+	wh::heartbeats::Beat(args);
+	return args;
+}
+
 } // namespace
 
 extern "C" {
@@ -72,20 +93,21 @@ extern "C" {
 Datum wh_upsert_worker_heartbeat(PG_FUNCTION_ARGS)
 {
 	WH_GUARDED({
-		wh::heartbeats::HeartbeatArgs args{};
-		args.worker_id = TextArg(fcinfo, 0);
-		args.worker_type = TextArg(fcinfo, 1);
-		args.status = TextArg(fcinfo, 2);
-		args.run_id = PG_ARGISNULL(3) ? nullptr : PG_GETARG_UUID_P(3);
-		args.task = TextArg(fcinfo, 4);
-		args.has_lease_expires = !PG_ARGISNULL(5);
-		args.lease_expires = args.has_lease_expires ? PG_GETARG_TIMESTAMPTZ(5) : 0;
-		args.metadata = PG_ARGISNULL(6) ? nullptr : PG_GETARG_JSONB_P(6);
-		args.session_bound = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
-		args.function_oid = fcinfo->flinfo->fn_oid;
-		wh::heartbeats::Validate(args);
-		wh::heartbeats::Beat(args);
+		BeatFromArgs(fcinfo);
 		PG_RETURN_VOID();
+	});
+}
+
+// 1.3: the same heartbeat, answered with the worker's directive.
+Datum wh_heartbeat(PG_FUNCTION_ARGS)
+{
+	WH_GUARDED({
+		wh::heartbeats::HeartbeatArgs args = BeatFromArgs(fcinfo);
+		auto status = wh::core::ParseStatus(std::string_view(VARDATA_ANY(args.status), VARSIZE_ANY_EXHDR(args.status)));
+		bool live = status && wh::core::IsLive(*status);
+		wh::directives::Directive d =
+		    wh::directives::ForHeartbeat(args.worker_id, args.worker_type, args.metadata, live);
+		PG_RETURN_TEXT_P(cstring_to_text(wh::directives::Name(d)));
 	});
 }
 
@@ -218,7 +240,6 @@ Datum wh_start_reaper(PG_FUNCTION_ARGS)
 		(void)wh::catalog::RequireExtension();
 		wh::registry::ClearStop(MyDatabaseId);
 		PG_RETURN_BOOL(wh::reaper::StartFromSql()); // within max_reapers; says why when it cannot
-
 	});
 }
 

@@ -8,6 +8,13 @@
 // then starts a worker, kills it, and waits for the page to show the death:
 // the dashboard's LISTEN connection survived the restart.
 //
+// WHD_PHASE=fleet (1.3, issues 16 and 18): with the page open, an operator
+// drains one worker and pauses a type; the page shows both (pushed), then
+// clears them on resume; the dead worker's row shows its forensics; a
+// database whose reaper is stopped shows under "Databases without a reaper".
+// WHD_PHASE=compat: the page against a database whose extension is still 1.2
+// (no directives): it renders, and a killed worker is shown dead as before.
+//
 // Prints one line "RESULT {json}" for the TAP test to judge; exits non-zero on
 // a hard failure. Environment: WHD_URL (dashboard), WHD_PSQL, WHD_CONNINFO (for
 // the workers), WHD_SCHEMA, WHD_TABLE (registered queue table), WHD_SCREENSHOT
@@ -197,6 +204,65 @@ try {
     result.banner = await page.locator("#banner").innerText();
     await page.screenshot({ path: SHOT, fullPage: true });
     result.screenshot = SHOT;
+  } else if (PHASE === "fleet") {
+    const psql = (sql) => execFileSync(PSQL, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", CONNINFO, "-At", "-c", sql], { encoding: "utf8" }).trim();
+    const s = qi(SCHEMA);
+    const WORKERS = [
+      { id: "batch-1", type: "batch", leases: 1, task: "render page 1" },
+      { id: "batch-2", type: "batch", leases: 1, task: "render page 2" },
+    ];
+    for (const w of WORKERS) children.push(await startWorker(w));
+    await page.goto(URL_ + "?refresh=0");
+    await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+    for (const w of WORKERS) await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 15000 });
+    result.fleet_hidden_before = await page.evaluate(() => document.getElementById("fleet-section").hidden);
+    // Issue 18: a database without a reaper (its reaper stopped) is listed.
+    result.reapers = await page.evaluate(() => [...document.querySelectorAll("#reapers tbody tr")].map((tr) =>
+      ({ database: tr.dataset.database, state: tr.dataset.state, text: tr.innerText })));
+    result.reapers_visible = await page.evaluate(() => !document.getElementById("reapers-section").hidden);
+    // Issue 16: the dead worker's row says what its backend was doing.
+    result.forensics_text = await page.evaluate(() =>
+      document.querySelector('#dead-workers tr[data-worker-id="ingest-2"] .forensics')?.innerText || "");
+    step("page open; draining batch-1 and pausing type batch");
+    const t0 = Date.now();
+    psql(`SELECT ${s}.drain_workers(p_worker_id => 'batch-1'); SELECT ${s}.pause_workers(p_worker_type => 'batch')`);
+    await page.waitForFunction(() => {
+      const q = (x) => document.querySelector(x);
+      return q('#workers tr[data-worker-id="batch-1"][data-directive="drain"]') &&
+        q('#workers tr[data-worker-id="batch-2"][data-directive="pause"]') &&
+        q('#directed tr[data-worker-id="batch-1"][data-directive="drain"]') &&
+        q('#directed tr[data-worker-id="batch-2"][data-directive="pause"]') && !q("#fleet-section").hidden;
+    }, null, { polling: 10, timeout: 10000 });
+    result.directive_elapsed_ms = Date.now() - t0;
+    result.fleet_count = await page.locator("#fleet-count").innerText();
+    result.fleet_rules = await page.locator("#fleet-rules").innerText();
+    result.directive_pushed = await page.evaluate(() => window.whd.events.map((e) => e.event.event)
+      .filter((e) => e === "drain_requested" || e === "paused"));
+    result.chips = await page.evaluate(() => [...document.querySelectorAll('#workers tr[data-directive] .chip')].map((c) => c.textContent));
+    await page.screenshot({ path: SHOT, fullPage: true });
+    result.screenshot = SHOT;
+    step(`page showed the directives after ${result.directive_elapsed_ms} ms; resuming`);
+    psql(`SELECT ${s}.resume_workers(p_worker_id => 'batch-1'); SELECT ${s}.resume_workers(p_worker_type => 'batch')`);
+    await page.waitForFunction(() => document.getElementById("fleet-section").hidden &&
+      !document.querySelector("#workers tr[data-directive]"), null, { polling: 10, timeout: 10000 });
+    result.resumed = true;
+  } else if (PHASE === "compat") {
+    // The dashboard of a database whose extension is 1.2: no worker_directives.
+    await page.goto(URL_ + "?refresh=0");
+    await page.waitForSelector('#live[data-state="live"]', { timeout: 15000 });
+    const w = { id: "old-1", type: "legacy", leases: 2, task: "old catalog" };
+    const child = await startWorker(w);
+    children.push(child);
+    await page.waitForSelector(`#workers tr[data-worker-id="${w.id}"][data-state="processing"]`, { timeout: 10000 });
+    result.state_features = await page.evaluate(() => window.whd.state().features);
+    result.extversion = await page.evaluate(() => window.whd.state().extversion);
+    result.directed = await page.evaluate(() => document.querySelectorAll("[data-directive]").length);
+    result.fleet_hidden = await page.evaluate(() => document.getElementById("fleet-section").hidden);
+    Object.assign(result, await killAndWatch(page, child, w, 1));
+    result.banner = await page.locator("#banner").innerText();
+    await page.screenshot({ path: SHOT, fullPage: true });
+    result.screenshot = SHOT;
+    step(`1.2 catalog: the page showed a death after ${result.elapsed_ms} ms`);
   } else {
     throw new Error(`unknown WHD_PHASE ${PHASE}`);
   }

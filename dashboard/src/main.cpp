@@ -14,6 +14,7 @@
 #include "hub.hpp"
 #include "index_html.hpp"
 #include "pg.hpp"
+#include "state.hpp"
 #include "util.hpp"
 
 namespace {
@@ -22,83 +23,6 @@ using whd::json_quote;
 
 constexpr std::size_t kMaxStreams = 24;  // open /events streams (each holds a thread)
 constexpr std::size_t kThreads = kMaxStreams + 8;
-
-// The whole page state in one round trip. $1 = schema name (for display).
-std::string state_sql(const std::string& s) {
-  return R"SQL(
-WITH ev AS (
-  SELECT e.occurred_at, e.event, e.released_count, e.detection_latency
-    FROM )SQL" +
-         s + R"SQL(.worker_events AS e
-   WHERE e.occurred_at >= pg_catalog.date_trunc('minute', pg_catalog.now()) - interval '59 minutes'
-), buckets AS (
-  SELECT b.t FROM pg_catalog.generate_series(
-      pg_catalog.date_trunc('minute', pg_catalog.now()) - interval '59 minutes',
-      pg_catalog.date_trunc('minute', pg_catalog.now()), interval '1 minute') AS b(t)
-), counts AS (
-  SELECT pg_catalog.date_trunc('minute', ev.occurred_at) AS t,
-         pg_catalog.count(*) FILTER (WHERE ev.event IN ('started', 'revived')) AS started,
-         pg_catalog.count(*) FILTER (WHERE ev.event = 'died') AS died,
-         pg_catalog.count(*) FILTER (WHERE ev.event = 'stopped') AS stopped,
-         COALESCE(pg_catalog.sum(ev.released_count) FILTER (WHERE ev.event = 'leases_released'), 0) AS released
-    FROM ev GROUP BY 1
-)
-SELECT pg_catalog.json_build_object(
-  'now', pg_catalog.now(),
-  'database', pg_catalog.current_database(),
-  'schema', $1::text,
-  'summary', )SQL" +
-         s + R"SQL(.get_worker_health_summary(),
-  'workers', (SELECT COALESCE(pg_catalog.jsonb_agg(w.j ORDER BY w.worker_type, w.worker_id), '[]')
-                FROM (SELECT h.worker_type, h.worker_id,
-                             (pg_catalog.to_jsonb(h) - 'metadata') || pg_catalog.jsonb_build_object(
-                               'dead', EXISTS (SELECT FROM )SQL" +
-         s + R"SQL(.v_dead_workers AS d
-                                                WHERE d.worker_id = h.worker_id)) AS j
-                        FROM )SQL" +
-         s + R"SQL(.worker_heartbeats AS h
-                       ORDER BY h.worker_type, h.worker_id LIMIT 1000) AS w),
-  'dead', (SELECT COALESCE(pg_catalog.jsonb_agg(x.j ORDER BY x.last_heartbeat_at DESC), '[]')
-             FROM (SELECT v.last_heartbeat_at,
-                          (pg_catalog.to_jsonb(v) - 'metadata') || pg_catalog.jsonb_build_object(
-                            'detection_latency_s',
-                            (SELECT pg_catalog.date_part('epoch', e.detection_latency)
-                               FROM )SQL" +
-         s + R"SQL(.worker_events AS e
-                              WHERE e.worker_id = v.worker_id AND e.event = 'died'
-                              ORDER BY e.event_id DESC LIMIT 1),
-                            'leases_released',
-                            (SELECT COALESCE(pg_catalog.sum(e.released_count), 0)
-                               FROM )SQL" +
-         s + R"SQL(.worker_events AS e
-                              WHERE e.worker_id = v.worker_id AND e.event = 'leases_released'
-                                AND e.occurred_at >= v.last_heartbeat_at)) AS j
-                     FROM )SQL" +
-         s + R"SQL(.v_dead_workers AS v
-                    ORDER BY v.last_heartbeat_at DESC LIMIT 200) AS x),
-  'chart', (SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
-                     't', b.t, 'started', COALESCE(c.started, 0), 'died', COALESCE(c.died, 0),
-                     'stopped', COALESCE(c.stopped, 0), 'released', COALESCE(c.released, 0))
-                   ORDER BY b.t)
-              FROM buckets AS b LEFT JOIN counts AS c ON c.t = b.t),
-  'hour', (SELECT pg_catalog.json_build_object(
-                    'died', pg_catalog.count(*) FILTER (WHERE ev.event = 'died'),
-                    'released', COALESCE(pg_catalog.sum(ev.released_count) FILTER (WHERE ev.event = 'leases_released'), 0),
-                    'latency_p50_s', pg_catalog.percentile_cont(0.5) WITHIN GROUP (
-                        ORDER BY pg_catalog.date_part('epoch', ev.detection_latency))
-                        FILTER (WHERE ev.event = 'died' AND ev.detection_latency IS NOT NULL))
-             FROM ev WHERE ev.occurred_at >= pg_catalog.now() - interval '1 hour'),
-  'recent', (SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) ORDER BY r.event_id DESC), '[]')
-               FROM (SELECT e.event_id, e.occurred_at, e.worker_id, e.worker_type, e.event,
-                            e.table_name, e.released_count, e.details,
-                            pg_catalog.date_part('epoch', e.silent_for) AS silent_for_s,
-                            pg_catalog.date_part('epoch', e.detection_latency) AS detection_latency_s
-                       FROM )SQL" +
-         s + R"SQL(.worker_events AS e
-                      ORDER BY e.event_id DESC LIMIT 50) AS r)
-)::text
-)SQL";
-}
 
 void set_common_headers(httplib::Response& res) {
   res.set_header("Cache-Control", "no-store");
@@ -227,10 +151,15 @@ int main(int argc, char** argv) {
     res.set_content(*v + "\n", "application/json");
   });
 
-  const std::string state_query = state_sql(s);
+  const std::string probe_query = whd::probe_sql();
   svr.Get("/api/state", [&](const httplib::Request&, httplib::Response& res) {
     std::string err;
-    auto v = db.value(state_query, {schema}, err);
+    // What this catalog has (1.3's worker_directives) and what the role may call
+    // (reaper_status()): asked each time, so an ALTER EXTENSION UPDATE or a
+    // GRANT shows without a restart.
+    auto features = db.value(probe_query, {s}, err);
+    if (!features) return send_error(res, 503, err);
+    auto v = db.value(whd::state_sql(s, whd::parse_features(*features)), {schema}, err);
     if (!v) return send_error(res, 503, err);
     set_common_headers(res);
     res.set_content(*v + "\n", "application/json");

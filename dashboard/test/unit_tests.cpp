@@ -6,6 +6,7 @@
 
 #include "hub.hpp"
 #include "pg.hpp"
+#include "state.hpp"
 #include "util.hpp"
 
 using namespace whd;
@@ -204,4 +205,30 @@ TEST(ConnInfo, Invalid) {
   std::string err;
   EXPECT_FALSE(readonly_params("host=/tmp bogus_key=1", err));
   EXPECT_NE(err.find("invalid --conninfo"), std::string::npos);
+}
+
+// The state query reads only what the catalog has and the role may use: a 1.2
+// catalog has no worker_directives; reaper_status() may not be granted.
+TEST(State, Features) {
+  EXPECT_FALSE(parse_features("").directives);
+  EXPECT_FALSE(parse_features("").reapers);
+  StateFeatures both = parse_features("directives,reapers");
+  EXPECT_TRUE(both.directives);
+  EXPECT_TRUE(both.reapers);
+  StateFeatures one = parse_features("reapers");
+  EXPECT_FALSE(one.directives);
+  EXPECT_TRUE(one.reapers);
+  EXPECT_FALSE(parse_features("directivesx").directives);
+}
+
+TEST(State, QueryFollowsFeatures) {
+  const std::string old = state_sql("\"pm_pipeline\"", StateFeatures{});
+  EXPECT_EQ(old.find("worker_directives"), std::string::npos);
+  EXPECT_EQ(old.find("reaper_status"), std::string::npos);
+  EXPECT_NE(old.find("'forensics'"), std::string::npos);  // details->'forensics': NULL before 1.3
+  const std::string all = state_sql("\"pm_pipeline\"", StateFeatures{true, true});
+  EXPECT_NE(all.find("\"pm_pipeline\".worker_directives"), std::string::npos);
+  EXPECT_NE(all.find("\"pm_pipeline\".reaper_status()"), std::string::npos);
+  EXPECT_NE(all.find("'scheduled'"), std::string::npos);
+  EXPECT_NE(probe_sql().find("to_regclass"), std::string::npos);
 }

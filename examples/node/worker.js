@@ -7,6 +7,13 @@
 // SIGINT finish the current task, then stop (stop_worker). It works on the
 // queue table of examples/sql/queue.sql.
 //
+// Fleet control (extension 1.3): drained (drain_workers()), the worker claims
+// nothing more, finishes the task it holds and stops (stop_worker); paused
+// (pause_workers()), it claims nothing until resumed. When the table has a
+// checkpoint column (set_lease_checkpoint_column), the work (--steps steps)
+// checkpoints after each step, and a task claimed with a checkpoint (its
+// previous worker died) resumes from there.
+//
 //   cd examples/node && npm ci && DATABASE_URL=postgresql:///mydb node worker.js --session-bound
 //
 // The same options as examples/python/worker.py and the C++ worker_heartbeat_queue_worker.
@@ -32,6 +39,7 @@ options:
   --work-ms N           milliseconds of simulated work per task (default: 200)
   --lease-ms N          lease length; extended every half lease while working (default: 300000)
   --idle-ms N           pause when the queue is empty (default: 500)
+  --steps N             with a checkpoint column: the work's steps, checkpointed one by one (default: 10)
   --max-tasks N         exit after N tasks (default: no limit)
   --exit-when-empty     exit when the queue is empty
   --session-bound       the worker dies with its heartbeat session: kill -9 gives its leases back at once
@@ -53,7 +61,7 @@ function log(...args) {
 function parseArgs(argv) {
   const a = {
     db: process.env.DATABASE_URL || '', table: 'tasks', schema: 'pm_pipeline', type: 'company_research', id: null,
-    mode: 'auto', workMs: Number(process.env.WORK_MS || 200), leaseMs: 300000, idleMs: 500, maxTasks: 0,
+    mode: 'auto', workMs: Number(process.env.WORK_MS || 200), leaseMs: 300000, idleMs: 500, maxTasks: 0, steps: 10,
     sessionBound: false, exitWhenEmpty: false, extend: true, onSignal: 'flag',
   };
   const num = (k, v) => {
@@ -80,6 +88,7 @@ function parseArgs(argv) {
       case '--lease-seconds': a.leaseMs = num(k, v()) * 1000; break; // the older name
       case '--idle-ms': a.idleMs = num(k, v()); break;
       case '--max-tasks': a.maxTasks = num(k, v()); break;
+      case '--steps': a.steps = Math.max(1, Math.floor(num(k, v()))); break;
       case '--session-bound': a.sessionBound = true; break;
       case '--no-session-bound': a.sessionBound = false; break;
       case '--exit-when-empty': a.exitWhenEmpty = true; break;
@@ -102,6 +111,7 @@ class PlainQueue {
   constructor(db, table) {
     this.db = db;
     this.name = table;
+    this.checkpoints = false;
   }
 
   async init() {
@@ -142,6 +152,7 @@ class FencedQueue {
 
   async init() {
     await this.leases.resolve();
+    this.checkpoints = this.leases.checkpointColumn !== null;
     return this;
   }
 
@@ -154,14 +165,36 @@ class FencedQueue {
     return this.leases.extend(task.token, { leaseSeconds: leaseMs / 1000 });
   }
 
+  // Stores the progress with the lease (and extends it).
+  checkpoint(task, progress, leaseMs) {
+    return this.leases.checkpoint(task.token, progress, { leaseSeconds: leaseMs / 1000 });
+  }
+
   complete(task, workerId) {
     return this.leases.complete(task.token, { state: 'done', done_by: workerId, done_at: 'now' });
   }
 }
 
+// The step a task resumes from: its checkpoint's, else 0.
+function startStep(task, steps) {
+  const cp = task.checkpoint;
+  return cp && Number.isInteger(cp.step) && cp.step >= 0 && cp.step <= steps ? cp.step : 0;
+}
+
 // Stands for the real work: takes --work-ms, extending the lease every half
-// lease so that a long task keeps its row.
+// lease so that a long task keeps its row. With checkpoints, the work is
+// --steps steps; after each one the progress is checkpointed (which extends
+// the lease too), and a resumed task skips the steps already done.
 async function work(queue, task, args, workerId) {
+  if (queue.checkpoints) {
+    const first = startStep(task, args.steps);
+    if (first) log(`resuming task ${task.row.id} from step ${first}/${args.steps} (checkpoint of attempt ${(task.attempts || 1) - 1})`);
+    for (let step = first; step < args.steps; step++) {
+      await sleep(args.workMs / args.steps); // the real work of this step
+      await queue.checkpoint(task, { step: step + 1, of: args.steps, by: workerId }, args.leaseMs);
+    }
+    return;
+  }
   const end = Date.now() + args.workMs;
   for (;;) {
     const left = end - Date.now();
@@ -184,6 +217,17 @@ async function main(args) {
   let done = 0;
   try {
     while (!heartbeat.stopRequested) {
+      // The heartbeat brings the operator's directive (1.3): draining, the
+      // worker has finished what it held, so it stops; paused, it waits.
+      if (heartbeat.draining) {
+        log('draining: claiming no more; stopping');
+        break;
+      }
+      if (heartbeat.paused) {
+        heartbeat.markIdle();
+        await sleep(args.idleMs);
+        continue;
+      }
       try {
         if (!db) {
           db = new Client({ connectionString: args.db || undefined, application_name: `worker ${workerId}`.slice(0, 63) });
@@ -197,8 +241,8 @@ async function main(args) {
         }
         const task = await queue.claim(workerId, args.leaseMs);
         if (!task) {
-          heartbeat.markIdle();
-          if (args.exitWhenEmpty) break;
+          heartbeat.markIdle(); // beats at once: a drain or pause shows at the loop's top
+          if (args.exitWhenEmpty && heartbeat.acceptingWork) break;
           await sleep(args.idleMs);
           continue;
         }

@@ -7,6 +7,13 @@ work (extending the lease on long tasks), complete, mark idle; on SIGTERM /
 SIGINT finish the current task, then stop (stop_worker). It works on the
 queue table of examples/sql/queue.sql.
 
+Fleet control (extension 1.3): when an operator drains the worker
+(drain_workers()), it claims nothing more, finishes the task it holds and
+stops (stop_worker); paused (pause_workers()), it claims nothing until
+resumed. When the table has a checkpoint column (set_lease_checkpoint_column),
+the work (in --steps steps) checkpoints after each step, and a task claimed
+with a checkpoint (its previous worker died) resumes from there.
+
   DATABASE_URL=postgresql:///mydb /usr/bin/python3 examples/python/worker.py --session-bound
 
 Run from a checkout it imports clients/python directly; elsewhere, install the
@@ -36,6 +43,8 @@ log = logging.getLogger("worker")
 class PlainQueue:
     """--mode plain: claims with UPDATE ... FOR UPDATE SKIP LOCKED, for an
     extension without the fenced-lease functions (1.0)."""
+
+    checkpoints = False
 
     def __init__(self, conn, table):
         self.conn = conn
@@ -68,21 +77,50 @@ class FencedQueue:
 
     def __init__(self, conn, table, schema):
         self.leases = LeaseTable(conn, table, schema=schema)
+        self.checkpoints = self.leases.checkpoint_column is not None
 
     def claim(self, worker_id, lease_seconds):
         got = self.leases.claim(worker_id, 1, lease_seconds, filter={"state": "pending"}, set={"state": "claimed"})
-        return {"token": got[0].token, "row": got[0].row} if got else None
+        if not got:
+            return None
+        return {"token": got[0].token, "row": got[0].row, "checkpoint": got[0].checkpoint,
+                "attempts": got[0].attempts}
 
     def extend(self, task, worker_id, lease_seconds):
         self.leases.extend(task["token"], lease_seconds)
+
+    def checkpoint(self, task, progress, lease_seconds):
+        """Stores the progress with the lease (and extends it)."""
+        self.leases.checkpoint(task["token"], progress, lease=lease_seconds)
 
     def complete(self, task, worker_id):
         self.leases.complete(task["token"], set={"state": "done", "done_by": worker_id, "done_at": "now"})
 
 
+def start_step(task, steps):
+    """The step a task resumes from: its checkpoint's, else 0."""
+    cp = task.get("checkpoint")
+    if isinstance(cp, dict) and isinstance(cp.get("step"), int) and 0 <= cp["step"] <= steps:
+        return cp["step"]
+    return 0
+
+
 def work(queue, task, args, heartbeat, worker_id):
     """Stands for the real work: takes --work-ms, extending the lease every
-    half lease so that a long task keeps its row."""
+    half lease so that a long task keeps its row. With checkpoints, the work
+    is --steps steps; after each one the progress is checkpointed (which
+    extends the lease too), and a resumed task skips the steps already done."""
+    if queue.checkpoints:
+        steps = max(1, args.steps)
+        first = start_step(task, steps)
+        if first:
+            log.info("resuming task %s from step %d/%d (checkpoint of attempt %s)", task["row"]["id"], first, steps,
+                     (task.get("attempts") or 1) - 1)
+        per_step = args.work_ms / 1000 / steps
+        for step in range(first, steps):
+            time.sleep(per_step)  # the real work of this step
+            queue.checkpoint(task, {"step": step + 1, "of": steps, "by": worker_id}, args.lease_ms / 1000)
+        return
     end = time.monotonic() + args.work_ms / 1000
     step = args.lease_ms / 2000
     while True:
@@ -118,6 +156,8 @@ def parse_args(argv=None):
     p.add_argument("--idle-ms", type=float, default=500, metavar="N",
                    help="pause when the queue is empty (default: %(default)g)")
     p.add_argument("--idle-seconds", type=float, dest="idle_seconds", metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=10, metavar="N",
+                   help="with a checkpoint column: the work's steps, checkpointed one by one (default: %(default)s)")
     p.add_argument("--max-tasks", type=int, default=0, metavar="N", help="exit after N tasks (default: no limit)")
     p.add_argument("--exit-when-empty", action="store_true", help="exit when the queue is empty")
     p.add_argument("--session-bound", dest="session_bound", action="store_true", default=False,
@@ -153,6 +193,15 @@ def main():
     done = 0
     try:
         while not heartbeat.stop_requested.is_set():
+            # The heartbeat brings the operator's directive (1.3): draining, the
+            # worker has finished what it held, so it stops; paused, it waits.
+            if heartbeat.draining:
+                log.info("draining: claiming no more; stopping")
+                break
+            if heartbeat.paused:
+                heartbeat.mark_idle()
+                heartbeat.stop_requested.wait(args.idle_ms / 1000)
+                continue
             try:
                 if conn is None:
                     conn = psycopg.connect(args.db, autocommit=True, application_name="worker " + worker_id[:40])
@@ -164,8 +213,8 @@ def main():
                     log.info("mode=%s", "fenced" if fenced else "plain")
                 task = queue.claim(worker_id, args.lease_ms / 1000)
                 if task is None:
-                    heartbeat.mark_idle()
-                    if args.exit_when_empty:
+                    heartbeat.mark_idle()  # beats at once: a drain or pause shows at the loop's top
+                    if args.exit_when_empty and heartbeat.accepting_work:
                         break
                     heartbeat.stop_requested.wait(args.idle_ms / 1000)
                     continue

@@ -19,6 +19,34 @@ use Time::HiRes qw(time usleep);
 our $ROOT = abs_path(dirname(__FILE__) . '/../..');
 my %children;
 
+# examples/node ready to run: `npm ci` there (it installs clients/node as a
+# copy, so always afresh), in a private copy of both when the tree is not
+# writable; npm's cache lives beside the test's copy of the tree (kept between
+# runs). Returns the directory of worker.js.
+sub node_example_dir
+{
+	local $ENV{npm_config_update_notifier} = 'false';
+	local $ENV{npm_config_fund} = 'false';
+	local $ENV{npm_config_audit} = 'false';
+	my $cache = "$ROOT/../npm-cache";
+	mkdir $cache unless -d $cache;
+	local $ENV{npm_config_cache} = $cache if -d $cache && -w $cache;
+	my $src = "$ROOT/examples/node";
+	my $dir = $src;
+	if (!-w $dir || !-w "$ROOT/clients/node")
+	{
+		my $copy = PostgreSQL::Test::Utils::tempdir('node_worker');
+		mkdir "$copy/examples";
+		mkdir "$copy/clients";
+		system('cp', '-a', $src, "$copy/examples/node") == 0 or die "cp: $!";
+		system('cp', '-a', "$ROOT/clients/node", "$copy/clients/node") == 0 or die "cp: $!";
+		$dir = "$copy/examples/node";
+	}
+	ok(run_log([ 'sh', '-c', "cd '$dir' && (npm ci --offline || npm ci --prefer-offline)" ]), "npm ci in $dir")
+	  or BAIL_OUT('npm ci failed');
+	return $dir;
+}
+
 # A started cluster with shared_preload_libraries = 'worker_heartbeat', the
 # extension in schema pm_pipeline and public.tasks registered.
 sub cluster

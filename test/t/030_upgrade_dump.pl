@@ -8,6 +8,7 @@
 #   workers, settings and history come back, and the restored database reaps.
 use strict;
 use warnings;
+use FindBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -91,6 +92,39 @@ is($node->safe_psql('postgres', q{SELECT claimed_by FROM app.queue WHERE id = 1}
 is($node->safe_psql('postgres', q{SELECT status FROM pm_pipeline.worker_heartbeats WHERE worker_id = 'goner'}),
 	'dead', 'the silent worker is dead');
 
+# 1.3 checkpoints (issue 16.2): from 1.2, a lease claimed before the update
+# takes a checkpoint after it; a checkpoint column registered in the updated
+# database is dumped and restored (below) with the row's checkpoint.
+$node->safe_psql('postgres', q{
+	CREATE DATABASE v12;
+	CREATE TABLE app.ckjobs (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz,
+	                         lease_token bigint, attempts int NOT NULL DEFAULT 0, progress jsonb);
+	SELECT pm_pipeline.register_lease_table('app.ckjobs', p_token_column => 'lease_token', p_attempts_column => 'attempts');
+	SELECT pm_pipeline.set_lease_checkpoint_column('app.ckjobs', 'progress');
+	INSERT INTO app.ckjobs (id) VALUES (1);
+	SELECT pm_pipeline.checkpoint_lease('app.ckjobs', lease_token, '{"step": 7}')
+	  FROM pm_pipeline.claim_leases(NULL::app.ckjobs, 'keeper');
+});
+$node->safe_psql('v12', q{
+	CREATE SCHEMA pm_pipeline;
+	CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline VERSION '1.2';
+	CREATE TABLE jobs (id int PRIMARY KEY, claimed_by text, lease_expires_at timestamptz,
+	                   lease_token bigint, progress jsonb);
+	SELECT pm_pipeline.register_lease_table('public.jobs', p_token_column => 'lease_token');
+	INSERT INTO jobs (id) VALUES (1);
+	SELECT count(*) FROM pm_pipeline.claim_leases(NULL::jobs, 'w12');
+	ALTER EXTENSION worker_heartbeat UPDATE TO '1.3';
+	SELECT pm_pipeline.set_lease_checkpoint_column('public.jobs', 'progress');
+	SELECT pm_pipeline.checkpoint_lease('public.jobs', lease_token, '{"step": 1}') FROM jobs;
+});
+is($node->safe_psql('v12', q{SELECT progress->>'step' || ':' || claimed_by FROM jobs}), '1:w12',
+	'1.2 -> 1.3: a lease claimed under 1.2 takes a checkpoint after the update');
+# 1.3 drain (issue 16): the updated database drains; the rule is dumped.
+is($node->safe_psql('postgres', q{SELECT pm_pipeline.drain_workers(p_worker_type => 'slow')}), '1',
+	'drain_workers after the update');
+is($node->safe_psql('postgres', q{SELECT pm_pipeline.heartbeat('keeper', 'slow', 'processing', p_current_task => 'long job')}),
+	'drain', 'heartbeat() answers drain after the update');
+
 # --- dump and restore -------------------------------------------------------
 my $dump = $node->basedir . '/worker_heartbeat.dump';
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('postgres') ], 'pg_dump');
@@ -110,6 +144,21 @@ is($node->safe_psql('restored', $snapshot), $node->safe_psql('postgres', $snapsh
 is($node->safe_psql('restored', "SELECT extversion FROM pg_extension WHERE extname = 'worker_heartbeat'"),
 	$default_version, 'the restored extension has the current version');
 
+my $checkpoints = q{
+	SELECT string_agg(table_name::text || ':' || coalesce(checkpoint_column, '-'), ',' ORDER BY table_name::text)
+	    || '|' || (SELECT progress::text || ':' || claimed_by FROM app.ckjobs)
+	  FROM pm_pipeline.lease_tables
+};
+is($node->safe_psql('restored', $checkpoints), 'app.ckjobs:progress,app.queue:-|{"step": 7}:keeper',
+	'the checkpoint column and a row\'s checkpoint are restored');
+is($node->safe_psql('restored', q{
+	SELECT pm_pipeline.checkpoint_lease('app.ckjobs', lease_token, '{"step": 8}') IS NOT NULL FROM app.ckjobs
+}), 't', 'the restored lease takes a checkpoint');
+is($node->safe_psql('restored', q{SELECT directive || ':' || worker_type FROM pm_pipeline.worker_directives}),
+	'drain:slow', 'the drain rule is restored (pg_extension_config_dump)');
+is($node->safe_psql('restored', q{SELECT pm_pipeline.heartbeat('keeper', 'slow', 'processing', p_current_task => 'long job')}),
+	'drain', 'and applies in the restored database');
+
 # The restored database works: new events continue the sequence, and its own
 # reaper releases the lease of a worker that dies there.
 $node->safe_psql('restored', q{
@@ -126,6 +175,39 @@ ok($node->poll_query_until('restored',
 ok($node->poll_query_until('postgres', q{
 	SELECT count(*) = 1 FROM pm_pipeline.reaper_status() WHERE database = 'restored' AND pid IS NOT NULL
 }), 'exactly one reaper for the restored database');
+
+# --- 1.2 -> 1.3 with roles granted on 1.2 (issue 16) ---------------------------
+# docs/grants.sql on 1.2, then the update: the worker role may call heartbeat(),
+# the monitoring role reads worker_fleet, worker_directives, get_worker_stats()
+# and metrics() with the drain counts; neither may drain.
+$node->safe_psql('postgres', 'CREATE DATABASE from12');
+$node->safe_psql('from12', q{
+	CREATE SCHEMA pm_pipeline;
+	CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline VERSION '1.2';
+});
+$node->command_ok([ 'psql', '-X', '-q', '-d', $node->connstr('from12'), '-v', 'schema=pm_pipeline',
+		'-v', 'worker_role=wh_up_worker', '-v', 'monitor_role=wh_up_monitor', '-v', 'create_roles=1',
+		'-f', "$FindBin::Bin/../../docs/grants.sql" ], 'docs/grants.sql on 1.2');
+$node->safe_psql('from12', 'ALTER EXTENSION worker_heartbeat UPDATE');
+is($node->safe_psql('from12', q{SET ROLE wh_up_worker; SELECT pm_pipeline.heartbeat('up-1', 'up')}), 'run',
+	'1.2 -> 1.3: the worker role may call heartbeat()');
+is($node->safe_psql('from12', q{SELECT pm_pipeline.drain_workers(p_worker_id => 'up-1')}), '1',
+	'1.2 -> 1.3: drain_workers');
+is($node->safe_psql('from12', q{SET ROLE wh_up_worker; SELECT pm_pipeline.heartbeat('up-1', 'up')}), 'drain',
+	'1.2 -> 1.3: the worker is told to drain');
+is($node->safe_psql('from12', q{SET ROLE wh_up_monitor;
+	SELECT (SELECT directive FROM pm_pipeline.worker_fleet WHERE worker_id = 'up-1')
+	    || ':' || (SELECT count(*) FROM pm_pipeline.worker_directives)
+	    || ':' || (SELECT draining_workers FROM pm_pipeline.get_worker_stats() WHERE worker_type = 'up')
+	    || ':' || (pm_pipeline.metrics() LIKE '%worker_heartbeat_workers_draining{worker_type="up"} 1%')}),
+	'drain:1:1:true', '1.2 -> 1.3: the monitoring role reads the fleet, the rules, the stats and the metrics');
+for my $role (qw(wh_up_worker wh_up_monitor))
+{
+	my ($ret, $out, $err) = $node->psql('from12', qq{SET ROLE $role; SELECT pm_pipeline.resume_workers(p_worker_id => 'up-1')});
+	like($err, qr/permission denied for function resume_workers/, "1.2 -> 1.3: $role may not resume");
+}
+$node->safe_psql('postgres', 'DROP DATABASE from12 WITH (FORCE)');
+$node->safe_psql('postgres', 'DROP ROLE wh_up_worker; DROP ROLE wh_up_monitor;');
 
 $node->stop;
 done_testing();

@@ -39,27 +39,7 @@ for my $cmd ([ node => 'node', "$src/worker.js" ], [ python => '/usr/bin/python3
 }
 is($help{node}, $help{python}, "worker.js and worker.py take the same options ($help{node})");
 
-# node_modules: `npm ci` in examples/node (it installs clients/node as a copy,
-# so always afresh), in a private copy of both when the tree is not writable.
-# npm's cache lives beside the test's copy of the tree: kept between runs.
-local $ENV{npm_config_update_notifier} = 'false';
-local $ENV{npm_config_fund} = 'false';
-local $ENV{npm_config_audit} = 'false';
-my $cache = "$WorkerTap::ROOT/../npm-cache";
-mkdir $cache unless -d $cache;
-local $ENV{npm_config_cache} = $cache if -d $cache && -w $cache;
-my $dir = $src;
-if (!-w $dir || !-w "$WorkerTap::ROOT/clients/node")
-{
-	my $copy = PostgreSQL::Test::Utils::tempdir('node_worker');
-	mkdir "$copy/examples";
-	mkdir "$copy/clients";
-	system('cp', '-a', $src, "$copy/examples/node") == 0 or die "cp: $!";
-	system('cp', '-a', "$WorkerTap::ROOT/clients/node", "$copy/clients/node") == 0 or die "cp: $!";
-	$dir = "$copy/examples/node";
-}
-ok(run_log([ 'sh', '-c', "cd '$dir' && (npm ci --offline || npm ci --prefer-offline)" ]), "npm ci in $dir")
-  or BAIL_OUT('npm ci failed');
+my $dir = WorkerTap::node_example_dir();
 ok(-f "$dir/node_modules/pg/package.json" && -f "$dir/node_modules/worker-heartbeat/lib/index.cjs",
 	'pg and worker-heartbeat are installed from the lockfile');
 like(slurp_file("$dir/worker.js"), qr/require\('worker-heartbeat'\)/, 'the example uses the worker-heartbeat package');

@@ -6,6 +6,10 @@
 # leases released without a reload, within a second. /metrics must pass
 # `promtool check metrics` and agree with the database.
 #
+# Fleet control (1.3, issue 16): drained / paused workers and the dead worker's
+# forensics on the page; issue 18: a database without a reaper is listed; and
+# the page against a database whose extension is still 1.2.
+#
 # The screenshot is kept in tmp_check/dashboard/ (path printed by the test).
 use strict;
 use warnings;
@@ -162,7 +166,7 @@ my $psql = $node->installed_command('psql');
 
 sub run_browser
 {
-	my ($phase, $shot) = @_;
+	my ($phase, $shot, %over) = @_;
 	unlink $shot;
 	my ($bout, $berr) = ('', '');
 	my $ok = IPC::Run::run(
@@ -179,6 +183,7 @@ sub run_browser
 			$ENV{WHD_PGCTL}      = $node->installed_command('pg_ctl');
 			$ENV{WHD_PGDATA}     = $node->data_dir;
 			$ENV{WHD_PGLOG}      = $node->logfile;
+			$ENV{$_} = $over{$_} for keys %over;
 		},
 		IPC::Run::timeout(120));
 	note($berr);
@@ -275,6 +280,92 @@ ok(defined $res->{elapsed_ms} && $res->{elapsed_ms} <= 1000,
 note('after restart, kill -> page: ' . ($res->{elapsed_ms} // 'never') . ' ms');
 is($res->{banner}, '', 'no error banner is left on the page');
 ok(-s $shot2, "screenshot saved: $shot2");
+
+# --- 1.3: fleet control, forensics, databases without a reaper ---
+# dbnoreap: its reaper stopped (stop_reaper()): reaper_status() says 'stopped'.
+# db12: the extension still at 1.2 (no worker_directives), with its own dashboard.
+$node->safe_psql('postgres', 'CREATE DATABASE dbnoreap');
+$node->safe_psql('postgres', 'CREATE DATABASE db12');
+$node->safe_psql('dbnoreap', q{
+CREATE SCHEMA pm_pipeline;
+CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline;
+SELECT pm_pipeline.stop_reaper();
+});
+ok( $node->poll_query_until('postgres',
+		q{SELECT state = 'stopped' FROM pm_pipeline.reaper_status() WHERE database = 'dbnoreap'}),
+	'reaper_status() shows the stopped reaper of dbnoreap');
+$node->safe_psql('db12', q{
+CREATE SCHEMA pm_pipeline;
+CREATE EXTENSION worker_heartbeat VERSION '1.2' SCHEMA pm_pipeline;
+CREATE TABLE public.jobs (id integer PRIMARY KEY, payload text NOT NULL,
+    state text NOT NULL DEFAULT 'pending', claimed_by text, lease_expires_at timestamptz);
+INSERT INTO public.jobs (id, payload) SELECT g, 'job ' || g FROM generate_series(1, 5) g;
+SELECT pm_pipeline.register_lease_table('public.jobs', 'claimed_by', 'lease_expires_at',
+                                        '{"state": "pending"}');
+GRANT USAGE ON SCHEMA pm_pipeline TO wh_monitor;
+GRANT SELECT ON ALL TABLES IN SCHEMA pm_pipeline TO wh_monitor;
+GRANT EXECUTE ON FUNCTION pm_pipeline.get_worker_health_summary(), pm_pipeline.get_worker_stats(),
+    pm_pipeline.reaper_status(), pm_pipeline.metrics() TO wh_monitor;
+});
+
+my $state = eval { decode_json($http->get("${url}api/state")->{content}) } // {};
+ok($state->{features}{directives} && $state->{features}{reapers},
+	'/api/state of a 1.3 database reads the directives and reaper_status()')
+  or diag(explain($state->{features}));
+my ($noreap) = grep { $_->{database} eq 'dbnoreap' } @{ $state->{reapers} // [] };
+ok($noreap && $noreap->{state} eq 'stopped' && !$noreap->{reaped}, '/api/state marks dbnoreap as not reaped')
+  or diag(explain($state->{reapers}));
+ok(!grep({ $_->{database} eq 'postgres' && !$_->{reaped} } @{ $state->{reapers} // [] }),
+	'and postgres (with a running reaper) as reaped');
+
+my $shot3 = "$work/dashboard-fleet.png";
+$res = run_browser('fleet', $shot3);
+ok($res->{reapers_visible}, 'the page lists databases without a reaper');
+is_deeply([ map { "$_->{database}:$_->{state}" } @{ $res->{reapers} // [] } ], ['dbnoreap:stopped'],
+	'exactly dbnoreap, stopped (the running reapers are not listed)');
+like($res->{reapers}[0]{text} // '', qr/start_reaper\(\) resumes it/, 'with what to do about it');
+like($res->{forensics_text} // '', qr/backend \w/, 'the dead worker\'s row shows its backend at the end (forensics)')
+  or diag($res->{forensics_text});
+like($res->{forensics_text} // '', qr/last query: UPDATE public\.jobs/, 'and its last query');
+ok($res->{fleet_hidden_before}, 'no "Draining and paused" section while no worker is drained or paused');
+is_deeply([ sort @{ $res->{directive_pushed} // [] } ], [qw(drain_requested paused paused)],
+	'the page learnt the drain and the pauses from server-sent events')
+  or diag(explain($res->{directive_pushed}));
+note('drain_workers -> page: ' . ($res->{directive_elapsed_ms} // 'never') . ' ms');
+like($res->{fleet_count} // '', qr/^1 draining, 1 paused/, 'it shows one worker draining and one paused (drain wins over pause)');
+is_deeply([ sort @{ $res->{chips} // [] } ], [qw(draining paused processing processing)],
+	'the workers list marks them') or diag(explain($res->{chips}));
+like($res->{fleet_rules} // '', qr/drain worker batch-1.*pause type batch/, 'and the rules');
+ok($res->{resumed}, 'resume_workers() clears them from the page');
+is_deeply($res->{console_errors}, [], 'no errors in the browser console (fleet)');
+
+# A second dashboard on db12 (extension 1.2).
+my ($dout2, $derr2) = ('', '');
+my $dash2 = IPC::Run::start(
+	[ $bin, '--conninfo', "host=$host port=$port dbname=db12 user=wh_monitor", '--listen', '127.0.0.1:0' ],
+	'>', \$dout2, '2>', \$derr2);
+my $url2;
+$deadline = time + 30;
+while (time < $deadline)
+{
+	$dash2->pump_nb;
+	last if ($url2) = $dout2 =~ m{(http://127\.0\.0\.1:\d+/)};
+	last unless $dash2->pumpable;
+	usleep(20_000);
+}
+ok($url2, "a dashboard on the 1.2 database listens on $url2") or diag("stdout: $dout2\nstderr: $derr2");
+my $state12 = eval { decode_json($http->get("${url2}api/state")->{content}) } // {};
+is($state12->{extversion}, '1.2', '/api/state of db12: extension 1.2');
+ok(!$state12->{features}{directives}, 'without directives (no worker_directives in 1.2)');
+my $shot4 = "$work/dashboard-1.2.png";
+$res = run_browser('compat', $shot4, WHD_URL => $url2, WHD_CONNINFO => "host=$host port=$port dbname=db12");
+is($res->{extversion}, '1.2', 'the page on a 1.2 catalog loads its state');
+is($res->{directed}, 0, 'no worker is marked drained or paused there');
+ok(defined $res->{elapsed_ms}, 'and a killed worker is shown dead with its leases released, as before');
+is($res->{banner}, '', 'no error banner on the 1.2 page');
+is_deeply($res->{console_errors}, [], 'no errors in the browser console (1.2)');
+$dash2->signal('TERM');
+$dash2->finish;
 
 # --- the dashboard ends on SIGTERM ---
 $dash->signal('TERM');

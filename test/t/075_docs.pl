@@ -153,6 +153,7 @@ sub cpp_block    # file label, db, block
 # ./scripts/demo --dashboard --keep --port N: the cluster on the port asked
 # for, and a kept dashboard that survives the hangup of the terminal the demo
 # ran in (SIGHUP to the demo's process group, as when the terminal closes).
+# The fleet-control parts (drain, checkpoint) ran in the first run: skipped here.
 sub demo_dashboard_keep
 {
 	my $built = run_log([ 'cmake', '-S', "$root/dashboard", '-B', "$root/build/dashboard", '-DCMAKE_BUILD_TYPE=Release',
@@ -161,7 +162,7 @@ sub demo_dashboard_keep
 	return unless $built;
 	my $port = PostgreSQL::Test::Cluster::get_free_port();
 	my ($rc, $out) = run_cmd([ 'setsid', '-w', 'sh', '-c', 'echo "PGID $$"; exec "$0" "$@"', "$root/scripts/demo",
-			'--dashboard', '--keep', '--port', $port, '--dashboard-port', '0', '--tasks', '9' ],
+			'--dashboard', '--keep', '--port', $port, '--dashboard-port', '0', '--tasks', '9', '--no-fleet-control' ],
 		{ PGHOST => '', PGPORT => '', PGUSER => '', WH_DEMO_USER => '' });
 	is($rc, 0, './scripts/demo --dashboard --keep --port N runs to its end') or diag($out);
 	like($out, qr/on port $port in /, 'demo --port: the cluster listens on the port asked for');
@@ -227,6 +228,11 @@ my @handlers = (
 		is($rc, 0, './scripts/demo runs to its end') or diag($out);
 		like($out, qr/worker declared dead after \d+ ms; its lease back in the queue after \d+ ms/,
 			'./scripts/demo: the killed worker was declared dead and its lease came back');
+		# issue 16: a drain and a checkpoint resumed after a kill
+		like($out, qr/drained: the \d+ workers finished the \d+ task\(s\) they held and stopped; nothing re-claimed/,
+			'./scripts/demo: the drained workers finished what they held and stopped, claiming nothing more');
+		like($out, qr/demo-researcher-2: resuming task \d+ from step [1-9]\d*\/10 \(after the kill of demo-researcher-1\)/,
+			'./scripts/demo: the next worker resumed the killed worker\'s task from its checkpoint');
 		demo_dashboard_keep();
 	} ],
 	# ./scripts/test: not run from here (this test runs inside it); its --help works.

@@ -278,8 +278,23 @@ int main(int argc, char** argv) {
         return false;
       }
     };
+    // The first heartbeat before the first claim: a drain or pause rule by
+    // type or metadata matches a worker by its heartbeat row (1.3).
+    for (int i = 0; i < 500 && hb.beats() == 0 && hb.failures() == 0; ++i)
+      std::this_thread::sleep_for(milliseconds(10));
     long done = 0, handled = 0;
     while (!hb.stop_requested() && (a.max_tasks < 0 || handled < a.max_tasks)) {
+      // 1.3: drain_workers() -> finish (nothing is held here), stop, exit;
+      // pause_workers() -> claim nothing until resumed.
+      if (hb.draining()) {
+        say(me, "draining: stopping");
+        break;
+      }
+      if (hb.paused()) {
+        hb.mark_idle();
+        std::this_thread::sleep_for(milliseconds(a.idle_ms));
+        continue;
+      }
       std::vector<Task> tasks;
       try {
         tasks = q.claim();

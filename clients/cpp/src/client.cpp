@@ -329,6 +329,8 @@ struct Heartbeat::Impl {
   std::atomic<bool> stop_requested{false};
   std::atomic<bool> connected{false};
   std::atomic<std::uint64_t> beats{0}, failures{0};
+  std::atomic<int> directive{static_cast<int>(Directive::Run)};
+  bool legacy = false;  // heartbeat() missing or not granted: upsert_worker_heartbeat
 
   PGconn* conn = nullptr;  // owned by the thread
   bool send_metadata = true;
@@ -360,6 +362,7 @@ struct Heartbeat::Impl {
     conn = nullptr;
     connected = false;
     send_metadata = true;
+    legacy = false;
   }
 
   // Server notices on the heartbeat connection go to the log, not to stderr.
@@ -384,14 +387,20 @@ struct Heartbeat::Impl {
       dirty = false;
     }
     ensure_connection();
+    // 1.3: heartbeat() answers with the directive; before 1.3 (or when only
+    // upsert_worker_heartbeat is granted) the same call returns void.
     static const char* kTemplate =
-        "SELECT %s.upsert_worker_heartbeat(p_worker_id => $1, p_worker_type => $2, "
+        "SELECT %s.%s(p_worker_id => $1, p_worker_type => $2, "
         "p_status => $3, p_current_run_id => $4::uuid, p_current_task => $5, "
         "p_metadata => CASE WHEN $6::boolean THEN jsonb_build_object('client', "
         "'worker_heartbeat-cpp', 'host', $7::text, 'pid', $8::integer) || "
-        "COALESCE($9::jsonb, '{}') END, p_session_bound => $10::boolean)";
-    std::string sql(kTemplate);
-    sql.replace(sql.find("%s"), 2, schema);
+        "COALESCE($9::jsonb, '{}') END, p_session_bound => $10::boolean) AS directive";
+    auto statement = [&](const char* function) {
+      std::string sql(kTemplate);
+      sql.replace(sql.find("%s"), 2, schema);
+      sql.replace(sql.find("%s"), 2, function);
+      return sql;
+    };
     Params p{
         worker_id,
         opt.worker_type,
@@ -403,7 +412,28 @@ struct Heartbeat::Impl {
         std::to_string(::getpid()),
         opt.metadata_json.empty() ? std::nullopt : std::optional<std::string>(opt.metadata_json),
         opt.session_bound ? "true" : "false"};
-    exec_with_timeout(conn, sql, p, opt.query_timeout);
+    std::vector<Row> rows;
+    if (!legacy) {
+      try {
+        rows = exec_with_timeout(conn, statement("heartbeat"), p, opt.query_timeout);
+      } catch (const Error& e) {
+        if (e.sqlstate() != "42883" && e.sqlstate() != "42501") throw;
+        legacy = true;  // until the next connection
+        log("heartbeat() unavailable (" + e.sqlstate() + "): using upsert_worker_heartbeat");
+      }
+    }
+    if (legacy)
+      rows = exec_with_timeout(conn, statement("upsert_worker_heartbeat"), p, opt.query_timeout);
+    Directive d = Directive::Run;
+    if (!legacy && !rows.empty()) {
+      const auto& value = rows.front().get("directive");
+      if (value && *value == "drain")
+        d = Directive::Drain;
+      else if (value && *value == "pause")
+        d = Directive::Pause;
+    }
+    int previous = directive.exchange(static_cast<int>(d));
+    if (previous != static_cast<int>(d)) log(std::string("directive: ") + directive_name(d));
     send_metadata = false;
     connected = true;
     ++beats;
@@ -539,6 +569,20 @@ void Heartbeat::stop() {
     else
       impl_->thread.join();
   }
+}
+
+Directive Heartbeat::directive() const { return static_cast<Directive>(impl_->directive.load()); }
+
+const char* directive_name(Directive d) noexcept {
+  switch (d) {
+    case Directive::Drain:
+      return "drain";
+    case Directive::Pause:
+      return "pause";
+    case Directive::Run:
+      break;
+  }
+  return "run";
 }
 
 bool Heartbeat::stop_requested() const { return impl_->stop_requested.load(); }

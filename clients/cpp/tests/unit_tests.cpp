@@ -256,3 +256,9 @@ TEST(Heartbeat, HandlersAreRestoredWhenTheLastHeartbeatGoes) {
   sigaction(SIGTERM, nullptr, &after);
   EXPECT_EQ(before.sa_handler, after.sa_handler);
 }
+
+TEST(Directive, Names) {
+  EXPECT_STREQ(worker_heartbeat::directive_name(worker_heartbeat::Directive::Run), "run");
+  EXPECT_STREQ(worker_heartbeat::directive_name(worker_heartbeat::Directive::Drain), "drain");
+  EXPECT_STREQ(worker_heartbeat::directive_name(worker_heartbeat::Directive::Pause), "pause");
+}

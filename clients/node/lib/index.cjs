@@ -66,6 +66,10 @@ function splitRunId(runId) {
   return UUID_RE.test(s) ? [s, null] : [null, s];
 }
 
+// The directives of the 1.3 heartbeat() (docs/fleet-control.md).
+const DIRECTIVES = Object.freeze({ RUN: 'run', DRAIN: 'drain', PAUSE: 'pause' });
+const HEARTBEAT_SIGNATURE = 'heartbeat(text,text,text,uuid,text,timestamptz,jsonb,boolean)';
+
 function oneLine(e) {
   return String((e && e.message) || e).replace(/\s+/g, ' ').trim();
 }
@@ -79,7 +83,8 @@ const defaultLogger = {
 class WorkerHeartbeat {
   // options: { workerId, workerType (required), intervalSeconds, connectionString,
   //   schema, sessionBound, metadata, onSignal: 'exit' | 'flag' | 'ignore',
-  //   connectTimeoutMillis, backoff: { initialMs, maxMs, jitter }, logger, clientConfig }
+  //   connectTimeoutMillis, backoff: { initialMs, maxMs, jitter }, logger, clientConfig,
+  //   onDirective(directive, previous) }
   constructor(options = {}) {
     const o = options || {};
     if (!o.workerType || !String(o.workerType).trim()) throw new TypeError("workerType is required (e.g. { workerType: 'company_research' })");
@@ -101,6 +106,10 @@ class WorkerHeartbeat {
     this.beats = 0;
     this.failures = 0;
     this.connected = false;
+    // The directive of the last beat (1.3's heartbeat()): 'run', 'drain' or 'pause'.
+    this.directive = DIRECTIVES.RUN;
+    this._withDirective = false;
+    this._onDirective = typeof o.onDirective === 'function' ? o.onDirective : null;
     this._stopRequested = false;
     this._state = { status: 'active', runId: null, task: null, runText: null };
     this._version = 0;
@@ -124,6 +133,23 @@ class WorkerHeartbeat {
 
   get running() {
     return this._started && !this._stopped;
+  }
+
+  // An operator drains this worker (drain_workers()): claim no more, finish
+  // what it holds, then stop().
+  get draining() {
+    return this.directive === DIRECTIVES.DRAIN;
+  }
+
+  // An operator paused this worker (pause_workers()): claim nothing until
+  // resume_workers(); keep beating.
+  get paused() {
+    return this.directive === DIRECTIVES.PAUSE;
+  }
+
+  // The worker may claim: directive 'run' and no stop requested.
+  get acceptingWork() {
+    return this.directive === DIRECTIVES.RUN && !this._stopRequested;
   }
 
   // Starts beating (at once, then every intervalSeconds) and installs the
@@ -274,20 +300,40 @@ class WorkerHeartbeat {
     if (!this._client) {
       this._client = await this._connect();
       first = true;
+      const probe = await this._client.query('SELECT pg_catalog.to_regprocedure($1) IS NOT NULL AS f',
+        [`${quoteIdent(this.schema)}.${HEARTBEAT_SIGNATURE}`]);
+      this._withDirective = Boolean(probe.rows[0] && probe.rows[0].f);
     }
     const s = this._state;
     const version = this._version;
     let meta = null;
     if (first) meta = { client: CLIENT_NAME, host: os.hostname(), pid: process.pid, ...this.metadata };
     if (first || version !== this._sentVersion) meta = { ...(meta || {}), run_id: s.runText };
-    await this._client.query(
-      `SELECT ${quoteIdent(this.schema)}.upsert_worker_heartbeat(p_worker_id => $1, p_worker_type => $2,
-         p_status => $3, p_current_run_id => $4::uuid, p_current_task => $5,
-         p_metadata => $6::jsonb, p_session_bound => $7)`,
+    // heartbeat() (1.3) returns the directive; upsert_worker_heartbeat() (older) returns nothing.
+    // The same arguments, passed by position.
+    const fn = this._withDirective ? 'heartbeat' : 'upsert_worker_heartbeat';
+    const r = await this._client.query(
+      `SELECT ${quoteIdent(this.schema)}.${fn}($1, $2, $3, $4::uuid, $5, NULL::timestamptz, $6::jsonb, $7) AS d`,
       [this.workerId, this.workerType, s.status, s.runId, s.task, meta && JSON.stringify(meta), this.sessionBound]);
     this._sentVersion = version;
     this.beats += 1;
+    this._setDirective(this._withDirective && r.rows[0] ? r.rows[0].d : null);
     this.logger.debug(`Heartbeat sent for worker ${this.workerId} (status=${s.status})`);
+  }
+
+  _setDirective(d) {
+    const directive = d || DIRECTIVES.RUN;
+    if (directive === this.directive) return;
+    const previous = this.directive;
+    this.directive = directive;
+    this.logger.info(`worker ${this.workerId}: directive ${directive} (was ${previous})`);
+    if (this._onDirective) {
+      try {
+        this._onDirective(directive, previous);
+      } catch (e) {
+        this.logger.warn(`onDirective threw: ${oneLine(e)}`);
+      }
+    }
   }
 
   async _loop() {
@@ -357,6 +403,7 @@ class LeaseTable {
       this._resolved = this.db.query(
         `SELECT $1::regclass::text AS name,
            (SELECT token_column::text FROM ${s}.lease_tables WHERE table_name = $1::regclass) AS token,
+           (SELECT pg_catalog.to_jsonb(l) FROM ${s}.lease_tables AS l WHERE l.table_name = $1::regclass) AS reg,
            (SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c
               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::regclass) AS channel`,
         [this.name]).then((r) => {
@@ -367,6 +414,9 @@ class LeaseTable {
         }
         this.table = row.name;
         this.tokenColumn = row.token;
+        // to_jsonb: checkpoint_column (1.3) may not exist on an older extension.
+        this.attemptsColumn = (row.reg && row.reg.attempts_column) || null;
+        this.checkpointColumn = (row.reg && row.reg.checkpoint_column) || null;
         this.channel = `worker_heartbeat:${row.channel}`;
         return this;
       }, (e) => {
@@ -384,7 +434,17 @@ class LeaseTable {
     const r = await this.db.query(
       `SELECT * FROM ${quoteIdent(this.schema)}.claim_leases(NULL::${this.table}, $1, $2::integer, $3::interval, $4::jsonb, $5::jsonb)`,
       [String(workerId), limit, intervalArg(leaseSeconds), jsonArg(filter, 'filter'), jsonArg(set, 'set')]);
-    return r.rows.map((row) => ({ token: BigInt(row[this.tokenColumn]), row }));
+    return r.rows.map((row) => {
+      const attempts = this.attemptsColumn ? row[this.attemptsColumn] : null;
+      return {
+        token: BigInt(row[this.tokenColumn]),
+        row,
+        // the last checkpoint (1.3): a previous holder's progress to resume from
+        checkpoint: this.checkpointColumn && row[this.checkpointColumn] !== undefined ? row[this.checkpointColumn] : null,
+        // the attempts column after this claim (1 on a first claim)
+        attempts: attempts === null || attempts === undefined ? null : Number(attempts),
+      };
+    });
   }
 
   // extend_lease: the new deadline (a Date).
@@ -407,6 +467,16 @@ class LeaseTable {
     return Boolean(await this._one('check_lease', token, '', []));
   }
 
+  // checkpoint_lease (1.3): stores `data` (any JSON value) as the row's
+  // checkpoint, and extends the lease when leaseSeconds is given. Resolves to
+  // the lease's deadline; StaleLeaseError (nothing stored) when not ours any more.
+  async checkpoint(token, data, { leaseSeconds = null } = {}) {
+    const json = data === undefined || data === null ? null
+      : JSON.stringify(data, (k, x) => (typeof x === 'bigint' ? x.toString() : x));
+    return this._one('checkpoint_lease', token, ', $3::jsonb, $4::interval',
+      [json, leaseSeconds === null || leaseSeconds === undefined ? null : intervalArg(leaseSeconds)]);
+  }
+
   async _one(fn, token, extra, args) {
     await this.resolve();
     const t = toToken(token);
@@ -417,6 +487,10 @@ class LeaseTable {
       return r.rows[0] ? r.rows[0].v : null;
     } catch (e) {
       if (e && e.code === 'WH001') throw new StaleLeaseError(oneLine(e), t, e);
+      if (e && e.code === '42883' && fn === 'checkpoint_lease') {
+        throw new WorkerHeartbeatError('checkpoint_lease() does not exist: checkpoints need the extension at ' +
+          'version 1.3 (ALTER EXTENSION worker_heartbeat UPDATE)', { cause: e });
+      }
       throw e;
     }
   }
@@ -446,6 +520,7 @@ async function getWorkerHealthSummary(db, { schema } = {}) {
 }
 
 module.exports = {
+  DIRECTIVES,
   WorkerHeartbeat,
   LeaseTable,
   StaleLeaseError,

@@ -10,6 +10,9 @@ export type ClientConfig = { [key: string]: unknown };
 export type JsonObject = { [key: string]: unknown };
 /** A lease token: an opaque 63-bit integer. Never a Number (it would lose precision). */
 export type LeaseToken = bigint;
+/** What the 1.3 heartbeat tells the worker: keep working, drain (finish and stop), or pause. */
+export type Directive = 'run' | 'drain' | 'pause';
+export const DIRECTIVES: { readonly RUN: 'run'; readonly DRAIN: 'drain'; readonly PAUSE: 'pause' };
 
 export interface Logger {
   debug(message: string): void;
@@ -54,6 +57,8 @@ export interface WorkerHeartbeatOptions {
   logger?: Partial<Logger>;
   /** Extra node-postgres client settings (ssl, password, ...). */
   clientConfig?: ClientConfig;
+  /** Called from the heartbeat when a beat returns a new directive (1.3). */
+  onDirective?: (directive: Directive, previous: Directive) => void;
 }
 
 export interface TaskUpdate {
@@ -79,6 +84,14 @@ export class WorkerHeartbeat {
   readonly connected: boolean;
   readonly beats: number;
   readonly failures: number;
+  /** The directive of the last beat (extension 1.3's heartbeat()); always 'run' on an older extension. */
+  readonly directive: Directive;
+  /** directive === 'drain': claim no more, finish what it holds, then stop(). */
+  readonly draining: boolean;
+  /** directive === 'pause': claim nothing until resumed; keep beating. */
+  readonly paused: boolean;
+  /** directive 'run' and no stop requested: the worker may claim. */
+  readonly acceptingWork: boolean;
   /** Beats at once, then every intervalSeconds; installs the signal and beforeExit handling. */
   start(): this;
   /** Records the current task and beats at once. */
@@ -94,6 +107,10 @@ export interface Lease<Row = Record<string, unknown>> {
   token: LeaseToken;
   /** Every column of the claimed row (bigint columns as strings, as node-postgres returns them). */
   row: Row;
+  /** The row's last checkpoint (1.3; null: none, or no checkpoint column): a previous holder's progress. */
+  checkpoint: unknown;
+  /** The attempts column after this claim (1 on a first claim); null without an attempts column. */
+  attempts: number | null;
 }
 
 export interface ClaimOptions {
@@ -112,6 +129,9 @@ export class LeaseTable<Row = Record<string, unknown>> {
   /** Resolved table name (regclass output), after resolve() or the first call. */
   readonly table: string;
   readonly tokenColumn: string;
+  readonly attemptsColumn: string | null;
+  /** The registered checkpoint column (1.3), else null. */
+  readonly checkpointColumn: string | null;
   /** LISTEN on it to wake when the reaper puts leases back. */
   readonly channel: string;
   resolve(): Promise<this>;
@@ -122,6 +142,12 @@ export class LeaseTable<Row = Record<string, unknown>> {
   /** false when that was the row's last attempt. */
   fail(token: TokenLike, set?: JsonObject | null): Promise<boolean>;
   check(token: TokenLike): Promise<boolean>;
+  /**
+   * checkpoint_lease (1.3): stores `data` (any JSON value) as the row's checkpoint; with
+   * leaseSeconds, extends the lease too. Resolves to the lease's deadline; rejects with
+   * StaleLeaseError (nothing stored) when the token is stale.
+   */
+  checkpoint(token: TokenLike, data: unknown, options?: { leaseSeconds?: number | null }): Promise<Date>;
 }
 
 export class WorkerHeartbeatError extends Error {}

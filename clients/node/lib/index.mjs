@@ -3,6 +3,7 @@
 import cjs from './index.cjs';
 
 export const {
+  DIRECTIVES,
   WorkerHeartbeat,
   LeaseTable,
   StaleLeaseError,

@@ -53,6 +53,10 @@ class Cluster {
     return c;
   }
 
+  connectionString(db = 'postgres') {
+    return `postgresql://${encodeURIComponent(this.user)}@/${db}?host=${encodeURIComponent(this.host)}&port=${this.port}`;
+  }
+
   async val(sql, args = [], db = undefined) {
     const c = await this.client(db);
     try {
@@ -81,18 +85,21 @@ class Cluster {
     return this;
   }
 
-  // A fresh registered lease table (token column, attempts, max 5).
-  async makeQueue() {
+  // A fresh registered lease table (token column, attempts, max 5); with
+  // { checkpoint: true }, the jsonb column progress is its checkpoint column (1.3).
+  async makeQueue({ checkpoint = false, db = undefined } = {}) {
     const name = 'q_' + Math.random().toString(16).slice(2, 12);
-    const c = await this.client();
+    const c = await this.client(db);
     try {
       await c.query(`CREATE TABLE public.${name} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         run_id uuid NOT NULL DEFAULT gen_random_uuid(), payload text NOT NULL, state text NOT NULL DEFAULT 'pending',
-        claimed_by text, lease_expires_at timestamptz, lease_token bigint, attempts integer NOT NULL DEFAULT 0, done_by text)`);
+        claimed_by text, lease_expires_at timestamptz, lease_token bigint, attempts integer NOT NULL DEFAULT 0, done_by text,
+        progress jsonb)`);
       for (const col of ['claimed_by', 'lease_expires_at', 'lease_token']) await c.query(`CREATE INDEX ON public.${name} (${col})`);
       await c.query(`SELECT pm_pipeline.register_lease_table($1, 'claimed_by', 'lease_expires_at', '{"state": "pending"}',
         p_token_column => 'lease_token', p_attempts_column => 'attempts', p_max_attempts => 5,
         p_on_exhausted => '{"state": "failed"}')`, [`public.${name}`]);
+      if (checkpoint) await c.query("SELECT pm_pipeline.set_lease_checkpoint_column($1, 'progress')", [`public.${name}`]);
     } finally {
       await c.end();
     }
@@ -110,4 +117,19 @@ async function startCluster() {
   return new Cluster().setup();
 }
 
-module.exports = { startCluster };
+// Registers node:test hooks for a test file: a cluster started before its
+// tests (passed to onReady) with the process environment pointing at it (PG*,
+// nothing else), stopped after them.
+function useCluster(onReady) {
+  const { before, after } = require('node:test');
+  let pg = null;
+  before(async () => {
+    pg = await startCluster();
+    for (const k of ['DATABASE_URL', 'POSTGRES_URL', 'WORKER_HEARTBEAT_SCHEMA', 'WORKER_HEARTBEAT_INTERVAL']) delete process.env[k];
+    Object.assign(process.env, pg.env());
+    onReady(pg);
+  });
+  after(() => pg && pg.close());
+}
+
+module.exports = { startCluster, useCluster };

@@ -1,23 +1,17 @@
 'use strict';
 // WorkerHeartbeat and LeaseTable against a real cluster: kill -9, SIGTERM /
 // SIGINT, a restarted database, concurrent task updates, WH001.
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('child_process');
 const path = require('path');
-const { startCluster } = require('./cluster');
+const { useCluster } = require('./cluster');
 const { WorkerHeartbeat, LeaseTable, StaleLeaseError, WorkerHeartbeatError, cleanupDeadWorkers, getWorkerHealthSummary } =
   require('../lib/index.cjs');
 
 const LIB = path.resolve(__dirname, '../lib/index.cjs');
 let pg;
-
-before(async () => {
-  pg = await startCluster();
-  for (const k of ['DATABASE_URL', 'POSTGRES_URL', 'WORKER_HEARTBEAT_SCHEMA', 'WORKER_HEARTBEAT_INTERVAL']) delete process.env[k];
-  Object.assign(process.env, pg.env());
-});
-after(() => pg && pg.close());
+useCluster((c) => { pg = c; });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const randomUuid = () => require('crypto').randomUUID();

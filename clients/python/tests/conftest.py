@@ -63,12 +63,12 @@ class Cluster:
     def env(self):
         return {"PGHOST": self.host, "PGPORT": str(self.port), "PGDATABASE": "postgres", "PGUSER": self.user}
 
-    def dsn(self):
-        return "host=%s port=%d dbname=postgres user=%s" % (self.host, self.port, self.user)
+    def dsn(self, dbname="postgres"):
+        return "host=%s port=%d dbname=%s user=%s" % (self.host, self.port, dbname, self.user)
 
-    def connect(self, **kw):
+    def connect(self, dbname="postgres", **kw):
         kw.setdefault("autocommit", True)
-        return psycopg.connect(self.dsn(), **kw)
+        return psycopg.connect(self.dsn(dbname), **kw)
 
     def val(self, query, args=()):
         with self.connect() as c:
@@ -87,15 +87,16 @@ class Cluster:
             time.sleep(0.02)
         raise AssertionError("timed out after %gs waiting for: %s %r" % (timeout, query, args))
 
-    def make_queue(self, name=None):
-        """A fresh registered lease table (fenced: token column, attempts, max 5)."""
+    def make_queue(self, name=None, checkpoint=False, dbname="postgres"):
+        """A fresh registered lease table (fenced: token column, attempts, max 5);
+        with `checkpoint`, a jsonb column "progress" is its checkpoint column (1.3)."""
         name = name or "q_" + uuid.uuid4().hex[:10]
-        with self.connect() as c:
+        with self.connect(dbname=dbname) as c:
             c.execute(
                 "CREATE TABLE public.%s (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                 "run_id uuid NOT NULL DEFAULT gen_random_uuid(), payload text NOT NULL, "
                 "state text NOT NULL DEFAULT 'pending', claimed_by text, lease_expires_at timestamptz, "
-                "lease_token bigint, attempts integer NOT NULL DEFAULT 0, done_by text)" % name)
+                "lease_token bigint, attempts integer NOT NULL DEFAULT 0, done_by text, progress jsonb)" % name)
             c.execute("CREATE INDEX ON public.%s (claimed_by)" % name)
             c.execute("CREATE INDEX ON public.%s (lease_expires_at)" % name)
             c.execute("CREATE INDEX ON public.%s (lease_token)" % name)
@@ -103,6 +104,8 @@ class Cluster:
                       "'{\"state\": \"pending\"}', p_token_column => 'lease_token', "
                       "p_attempts_column => 'attempts', p_max_attempts => 5, "
                       "p_on_exhausted => '{\"state\": \"failed\"}')", ("public." + name,))
+            if checkpoint:
+                c.execute("SELECT pm_pipeline.set_lease_checkpoint_column(%s, 'progress')", ("public." + name,))
         return name
 
     def close(self):

@@ -21,7 +21,7 @@ from ._functions import (cleanup_dead_workers, cleanup_stale_workers, get_active
 from ._heartbeat import Backoff, WorkerHeartbeat
 from ._leases import AsyncLeaseTable, Lease, LeaseTable
 
-__version__ = "1.2.0"
+__version__ = "1.3.0"
 
 __all__ = [
     "WorkerHeartbeat", "AsyncWorkerHeartbeat", "Backoff",

@@ -9,19 +9,19 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import psycopg
 from psycopg import sql
 
-from ._common import (CLIENT_NAME, connect_kwargs, default_worker_id, one_line, resolve_dsn,
-                      resolve_interval, resolve_schema, split_run_id)
-from ._heartbeat import ON_SIGNAL_CHOICES, Backoff
+from ._common import (CLIENT_NAME, DIRECTIVE_RUN, beat_statement, connect_kwargs, default_worker_id,
+                      directive_probe, one_line, resolve_dsn, resolve_interval, resolve_schema, split_run_id)
+from ._heartbeat import ON_SIGNAL_CHOICES, Backoff, DirectiveMixin
 
 log = logging.getLogger("worker_heartbeat")
 
 
-class AsyncWorkerHeartbeat:
+class AsyncWorkerHeartbeat(DirectiveMixin):
     """WorkerHeartbeat for asyncio workers: the same arguments and behaviour,
     with a task on the running loop instead of a thread::
 
@@ -36,13 +36,15 @@ class AsyncWorkerHeartbeat:
     SIGTERM / SIGINT per `on_signal` (see WorkerHeartbeat) through
     ``loop.add_signal_handler``; at interpreter exit a heartbeat that was not
     stopped calls stop_worker on a short-lived synchronous connection.
+    ``directive``, ``draining``, ``paused``: as WorkerHeartbeat's (1.3).
     """
 
     def __init__(self, worker_id: Optional[str] = None, worker_type: Optional[str] = None,
                  interval_seconds: Optional[float] = None, *, dsn: Optional[str] = None,
                  schema: Optional[str] = None, session_bound: bool = False,
                  metadata: Optional[Mapping[str, Any]] = None, on_signal: str = "exit",
-                 connect_timeout: float = 10.0, backoff: Optional[Backoff] = None) -> None:
+                 connect_timeout: float = 10.0, backoff: Optional[Backoff] = None,
+                 on_directive: Optional[Callable[[str, str], None]] = None) -> None:
         if not worker_type or not str(worker_type).strip():
             raise ValueError("worker_type is required (e.g. worker_type=\"company_research\")")
         if on_signal not in ON_SIGNAL_CHOICES:
@@ -58,6 +60,7 @@ class AsyncWorkerHeartbeat:
         self.on_signal: str = on_signal
         self.connect_timeout: float = float(connect_timeout)
         self.backoff: Backoff = backoff or Backoff()
+        self.on_directive = on_directive
         #: Set by stop() and by SIGTERM / SIGINT.
         self.stop_requested: asyncio.Event = asyncio.Event()
         self._metadata: Dict[str, Any] = dict(metadata or {})
@@ -75,6 +78,8 @@ class AsyncWorkerHeartbeat:
         self.beats = 0
         self.failures = 0
         self.connected = False
+        self.directive: str = DIRECTIVE_RUN
+        self._with_directive = False
 
     async def start(self) -> "AsyncWorkerHeartbeat":
         """Starts the heartbeat task (it beats at once) and the shutdown handling."""
@@ -140,6 +145,9 @@ class AsyncWorkerHeartbeat:
             if conn is not None:
                 await self._close(conn)
             self.connected = False
+
+    def _stop_is_requested(self) -> bool:
+        return self.stop_requested.is_set()
 
     @property
     def running(self) -> bool:
@@ -214,6 +222,8 @@ class AsyncWorkerHeartbeat:
         if self._conn is None or self._conn.closed:
             self._conn = await asyncio.wait_for(self._connect(), self.connect_timeout + 1)
             first = True
+            probe = await (await self._conn.execute(directive_probe(self.schema))).fetchone()
+            self._with_directive = bool(probe and probe[0])
         st, version = dict(self._state), self._version
         meta: Optional[Dict[str, Any]] = None
         if first:
@@ -222,14 +232,14 @@ class AsyncWorkerHeartbeat:
         if first or version != self._sent_version:
             meta = dict(meta or {})
             meta["run_id"] = st["run_text"]
-        await self._conn.execute(
-            sql.SQL("SELECT {}.upsert_worker_heartbeat(p_worker_id => %s, p_worker_type => %s, "
-                    "p_status => %s, p_current_run_id => %s::uuid, p_current_task => %s, "
-                    "p_metadata => %s::jsonb, p_session_bound => %s)").format(sql.Identifier(self.schema)),
+        cur = await self._conn.execute(
+            beat_statement(self.schema, self._with_directive),
             (self.worker_id, self.worker_type, st["status"], st["run_id"], st["task"],
              json.dumps(meta) if meta is not None else None, self.session_bound))
+        row = await cur.fetchone()
         self._sent_version = version
         self.beats += 1
+        self._set_directive(row[0] if self._with_directive and row else None)
         log.debug("Heartbeat sent for worker %s (status=%s)", self.worker_id, st["status"])
 
     async def _run(self) -> None:

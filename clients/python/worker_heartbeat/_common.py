@@ -111,6 +111,29 @@ def connect_kwargs(application_name: str, connect_timeout: float) -> Mapping[str
     }
 
 
+#: The directives the 1.3 heartbeat returns (heartbeat(); see docs/fleet-control.md).
+DIRECTIVE_RUN, DIRECTIVE_DRAIN, DIRECTIVE_PAUSE = "run", "drain", "pause"
+
+# The heartbeat's statements. heartbeat() (1.3) takes the same arguments as
+# upsert_worker_heartbeat() and returns the worker's directive; the arguments
+# are passed by position so that both take them alike.
+_HEARTBEAT_SIGNATURE = "heartbeat(text,text,text,uuid,text,timestamptz,jsonb,boolean)"
+_BEAT_ARGS = "%s, %s, %s, %s::uuid, %s, NULL::timestamptz, %s::jsonb, %s"
+
+
+def directive_probe(schema: str) -> sql.Composed:
+    """SELECT: whether the schema has the 1.3 heartbeat() (True/False)."""
+    qualified = '"' + schema.replace('"', '""') + '".' + _HEARTBEAT_SIGNATURE
+    return sql.SQL("SELECT pg_catalog.to_regprocedure({}) IS NOT NULL").format(sql.Literal(qualified))
+
+
+def beat_statement(schema: str, with_directive: bool) -> sql.Composed:
+    """The heartbeat call: heartbeat() returning the directive (1.3), else
+    upsert_worker_heartbeat() (1.0-1.2, no directive: always "run")."""
+    fn = "heartbeat" if with_directive else "upsert_worker_heartbeat"
+    return sql.SQL("SELECT {}.{}(" + _BEAT_ARGS + ")").format(sql.Identifier(schema), sql.Identifier(fn))
+
+
 def is_stale(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error) and getattr(e, "sqlstate", None) == "WH001"
 

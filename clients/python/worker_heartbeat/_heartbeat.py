@@ -10,12 +10,13 @@ import signal
 import socket
 import threading
 from types import FrameType
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import psycopg
 from psycopg import sql
 
-from ._common import (CLIENT_NAME, connect_kwargs, default_worker_id, one_line, resolve_dsn,
+from ._common import (CLIENT_NAME, DIRECTIVE_DRAIN, DIRECTIVE_PAUSE, DIRECTIVE_RUN, beat_statement,
+                      connect_kwargs, default_worker_id, directive_probe, one_line, resolve_dsn,
                       resolve_interval, resolve_schema, split_run_id)
 
 log = logging.getLogger("worker_heartbeat")
@@ -39,7 +40,46 @@ class Backoff:
         return base * random.uniform(1 - self.jitter, 1.0)
 
 
-class WorkerHeartbeat:
+class DirectiveMixin:
+    """The 1.3 directive of a heartbeat (WorkerHeartbeat, AsyncWorkerHeartbeat)."""
+
+    worker_id: str
+    directive: str
+    on_directive: Optional[Callable[[str, str], None]]
+
+    @property
+    def draining(self) -> bool:
+        """True when an operator drains this worker (drain_workers()): claim
+        no more, finish what it holds, then stop()."""
+        return self.directive == DIRECTIVE_DRAIN
+
+    @property
+    def paused(self) -> bool:
+        """True when an operator paused this worker (pause_workers()): claim
+        nothing until resume_workers(); keep beating."""
+        return self.directive == DIRECTIVE_PAUSE
+
+    @property
+    def accepting_work(self) -> bool:
+        """True when the worker may claim: directive "run" and no stop requested."""
+        return self.directive == DIRECTIVE_RUN and not self._stop_is_requested()
+
+    def _stop_is_requested(self) -> bool:
+        raise NotImplementedError
+
+    def _set_directive(self, directive: Optional[str]) -> None:
+        directive = directive or DIRECTIVE_RUN
+        if directive != self.directive:
+            previous, self.directive = self.directive, directive
+            log.info("Worker %s: directive %s (was %s)", self.worker_id, directive, previous)
+            if self.on_directive is not None:
+                try:
+                    self.on_directive(directive, previous)
+                except Exception as e:  # a callback's failure never stops the heartbeat
+                    log.warning("on_directive failed for worker %s: %s", self.worker_id, one_line(e))
+
+
+class WorkerHeartbeat(DirectiveMixin):
     """A background thread that keeps a worker's heartbeat row fresh.
 
     The original design's interface, unchanged::
@@ -83,13 +123,24 @@ class WorkerHeartbeat:
             atexit in every case.
         connect_timeout: seconds for connecting and for each heartbeat statement.
         backoff: reconnect delays (default 0.25 s doubling to 30 s, jittered).
+        on_directive: called as on_directive(directive, previous) from the
+            heartbeat's thread (task, for asyncio) when a beat returns a new
+            directive (extension 1.3).
+
+    Fleet control (extension 1.3): each beat returns the worker's directive,
+    with no extra round trip: ``directive`` is "run", "drain" or "pause",
+    ``draining`` / ``paused`` say the same as booleans. A draining worker
+    stops claiming, finishes what it holds and calls ``stop()``; a paused one
+    claims nothing until it is resumed. On an extension older than 1.3 the
+    directive is always "run".
     """
 
     def __init__(self, worker_id: Optional[str] = None, worker_type: Optional[str] = None,
                  interval_seconds: Optional[float] = None, *, dsn: Optional[str] = None,
                  schema: Optional[str] = None, session_bound: bool = False,
                  metadata: Optional[Mapping[str, Any]] = None, on_signal: str = "exit",
-                 connect_timeout: float = 10.0, backoff: Optional[Backoff] = None) -> None:
+                 connect_timeout: float = 10.0, backoff: Optional[Backoff] = None,
+                 on_directive: Optional[Callable[[str, str], None]] = None) -> None:
         if not worker_type or not str(worker_type).strip():
             raise ValueError("worker_type is required (e.g. worker_type=\"company_research\")")
         if on_signal not in ON_SIGNAL_CHOICES:
@@ -105,6 +156,7 @@ class WorkerHeartbeat:
         self.on_signal: str = on_signal
         self.connect_timeout: float = float(connect_timeout)
         self.backoff: Backoff = backoff or Backoff()
+        self.on_directive = on_directive
         #: Set by stop() and by SIGTERM / SIGINT: worker loops test it.
         self.stop_requested: threading.Event = threading.Event()
         self._metadata: Dict[str, Any] = dict(metadata or {})
@@ -127,6 +179,10 @@ class WorkerHeartbeat:
         """Heartbeats that failed (each followed by a reconnect with backoff)."""
         self.connected: bool = False
         """True when the last beat went through."""
+        self.directive: str = DIRECTIVE_RUN
+        """The directive of the last beat: "run", "drain" or "pause" (1.3's
+        heartbeat(); always "run" on an older extension)."""
+        self._with_directive = False
 
     # ------------------------------------------------------------ the seed's API
     def start(self) -> "WorkerHeartbeat":
@@ -204,6 +260,9 @@ class WorkerHeartbeat:
             self.connected = False
 
     # ------------------------------------------------------------ extras
+    def _stop_is_requested(self) -> bool:
+        return self.stop_requested.is_set()
+
     @property
     def running(self) -> bool:
         """True between start() and stop()."""
@@ -262,6 +321,8 @@ class WorkerHeartbeat:
         if self._conn is None or self._conn.closed:
             self._conn = self._connect()
             first = True
+            row = self._conn.execute(directive_probe(self.schema)).fetchone()
+            self._with_directive = bool(row and row[0])
         version, st = self._snapshot
         meta: Optional[Dict[str, Any]] = None
         if first:
@@ -270,14 +331,13 @@ class WorkerHeartbeat:
         if first or version != self._sent_version:
             meta = dict(meta or {})
             meta["run_id"] = st["run_text"]
-        self._conn.execute(
-            sql.SQL("SELECT {}.upsert_worker_heartbeat(p_worker_id => %s, p_worker_type => %s, "
-                    "p_status => %s, p_current_run_id => %s::uuid, p_current_task => %s, "
-                    "p_metadata => %s::jsonb, p_session_bound => %s)").format(sql.Identifier(self.schema)),
+        row = self._conn.execute(
+            beat_statement(self.schema, self._with_directive),
             (self.worker_id, self.worker_type, st["status"], st["run_id"], st["task"],
-             json.dumps(meta) if meta is not None else None, self.session_bound))
+             json.dumps(meta) if meta is not None else None, self.session_bound)).fetchone()
         self._sent_version = version
         self.beats += 1
+        self._set_directive(row[0] if self._with_directive and row else None)
         log.debug("Heartbeat sent for worker %s (status=%s)", self.worker_id, st["status"])
 
     def _run(self) -> None:

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ._common import StaleLease, is_stale, resolve_schema
+from ._common import StaleLease, WorkerHeartbeatError, is_stale, resolve_schema
 
 Json = Optional[Mapping[str, Any]]
 
@@ -18,10 +18,18 @@ Json = Optional[Mapping[str, Any]]
 @dataclass
 class Lease:
     """A claimed row: its lease `token` (an opaque 63-bit integer: keep it
-    exactly as given) and every column of the row as a dict."""
+    exactly as given) and every column of the row as a dict.
+
+    `checkpoint`: the row's last checkpoint (the table's checkpoint column,
+    extension 1.3; None when there is none, or no checkpoint column): a
+    previous holder's progress to resume from. `attempts`: the table's
+    attempts column after this claim (this claim included: 1 on a first
+    claim; None without an attempts column)."""
 
     token: int
     row: Dict[str, Any] = field(default_factory=dict)
+    checkpoint: Any = None
+    attempts: Optional[int] = None
 
     def __getitem__(self, column: str) -> Any:
         return self.row[column]
@@ -39,6 +47,16 @@ def _interval(seconds: float) -> str:
     if not seconds > 0:
         raise ValueError("lease_seconds must be positive, not %r" % (seconds,))
     return "%r seconds" % float(seconds)
+
+
+def _checkpoint(data: Any) -> Optional[str]:
+    """A checkpoint is any JSON value (usually an object); None stores SQL NULL."""
+    if data is None:
+        return None
+    try:
+        return json.dumps(data, default=str)
+    except (TypeError, ValueError) as e:
+        raise ValueError("a checkpoint must be JSON-serializable: %s" % e) from None
 
 
 def _token(token: Any) -> int:
@@ -61,13 +79,17 @@ class _Sql:
         self.resolve = sql.SQL(
             "SELECT %(t)s::regclass::text AS name, "
             "(SELECT token_column::text FROM {}.lease_tables WHERE table_name = %(t)s::regclass) AS token, "
+            # to_jsonb: the 1.3 column checkpoint_column may not exist (an older extension)
+            "(SELECT pg_catalog.to_jsonb(l) FROM {}.lease_tables AS l WHERE l.table_name = %(t)s::regclass) AS reg, "
             "(SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %(t)s::regclass) AS channel"
-        ).format(s)
+        ).format(s, s)
         self.extend = sql.SQL("SELECT {}.extend_lease(%s::regclass, %s::bigint, %s::interval)").format(s)
         self.complete = sql.SQL("SELECT {}.complete_lease(%s::regclass, %s::bigint, %s::jsonb)").format(s)
         self.fail = sql.SQL("SELECT {}.fail_lease(%s::regclass, %s::bigint, %s::jsonb)").format(s)
         self.check = sql.SQL("SELECT {}.check_lease(%s::regclass, %s::bigint)").format(s)
+        self.checkpoint = sql.SQL(
+            "SELECT {}.checkpoint_lease(%s::regclass, %s::bigint, %s::jsonb, %s::interval)").format(s)
         self._s = s
 
     def claim(self, table: str) -> sql.Composed:
@@ -79,6 +101,8 @@ class _Sql:
 class _Base:
     table: str
     token_column: str
+    attempts_column: Optional[str]
+    checkpoint_column: Optional[str]
     channel: str
     _claim: sql.Composed
 
@@ -91,16 +115,34 @@ class _Base:
                              % (row["name"], self._sql.schema))
         self.table = row["name"]
         self.token_column = row["token"]
+        reg = row["reg"] or {}
+        self.attempts_column = reg.get("attempts_column")
+        self.checkpoint_column = reg.get("checkpoint_column")
         self.channel = "worker_heartbeat:" + row["channel"]
 
     _sql: _Sql
 
     def _leases(self, rows: List[Dict[str, Any]]) -> List[Lease]:
-        return [Lease(int(r[self.token_column]), r) for r in rows]
+        out = []
+        for r in rows:
+            attempts = r.get(self.attempts_column) if self.attempts_column else None
+            out.append(Lease(int(r[self.token_column]), r,
+                             r.get(self.checkpoint_column) if self.checkpoint_column else None,
+                             int(attempts) if attempts is not None else None))
+        return out
 
     @staticmethod
     def _stale(e: psycopg.Error, token: int) -> StaleLease:
         return StaleLease(" ".join(str(e).split()), token)
+
+    def _error(self, e: psycopg.Error, token: int) -> Exception:
+        """The exception to raise for a server error of a lease call."""
+        if is_stale(e):
+            return self._stale(e, token)
+        if getattr(e, "sqlstate", None) == "42883" and "checkpoint_lease" in str(e):
+            return WorkerHeartbeatError("checkpoint_lease() does not exist: checkpoints need the extension "
+                                        "at version 1.3 (ALTER EXTENSION worker_heartbeat UPDATE)")
+        return e
 
 
 class LeaseTable(_Base):
@@ -156,14 +198,26 @@ class LeaseTable(_Base):
         transaction ends); else StaleLease."""
         return bool(self._one(self._sql.check, token))
 
+    def checkpoint(self, token: Union[int, Lease], data: Any, lease: Optional[float] = None) -> datetime.datetime:
+        """checkpoint_lease (extension 1.3): stores `data` (any JSON value,
+        usually an object) in the row's checkpoint column, and extends the
+        lease to `lease` seconds from now when given. Returns the lease's
+        deadline. StaleLease (nothing stored) if the row is not ours any more:
+        a zombie's late checkpoint never overwrites its successor's. The next
+        holder of the row, after a death, gets it as Lease.checkpoint."""
+        deadline: datetime.datetime = self._one(self._sql.checkpoint, token, _checkpoint(data),
+                                                None if lease is None else _interval(lease))
+        return deadline
+
     def _one(self, stmt: sql.Composed, token: Any, *args: Any) -> Any:
         t = _token(token)
         try:
             row = self.conn.execute(stmt, (self.table, t) + tuple(args)).fetchone()
         except psycopg.Error as e:
-            if is_stale(e):
-                raise self._stale(e, t) from e
-            raise
+            err = self._error(e, t)
+            if err is e:
+                raise
+            raise err from e
         return row[0] if row else None
 
 
@@ -210,15 +264,23 @@ class AsyncLeaseTable(_Base):
         """See LeaseTable.check."""
         return bool(await self._one(self._sql.check, token))
 
+    async def checkpoint(self, token: Union[int, Lease], data: Any,
+                         lease: Optional[float] = None) -> datetime.datetime:
+        """See LeaseTable.checkpoint."""
+        deadline: datetime.datetime = await self._one(self._sql.checkpoint, token, _checkpoint(data),
+                                                      None if lease is None else _interval(lease))
+        return deadline
+
     async def _one(self, stmt: sql.Composed, token: Any, *args: Any) -> Any:
         t = _token(token)
         try:
             cur = await self.conn.execute(stmt, (self.table, t) + tuple(args))
             row = await cur.fetchone()
         except psycopg.Error as e:
-            if is_stale(e):
-                raise self._stale(e, t) from e
-            raise
+            err = self._error(e, t)
+            if err is e:
+                raise
+            raise err from e
         return row[0] if row else None
 
 

@@ -129,6 +129,17 @@ struct HeartbeatOptions {
   std::function<void(const std::string&)> log;     // default: one line on stderr
 };
 
+// What the operators want of this worker (extension 1.3: drain_workers(),
+// pause_workers(), resume_workers()), as the last heartbeat() answered.
+enum class Directive {
+  Run,    // claim and work
+  Drain,  // claim nothing more, finish what you hold, then stop (stop_worker)
+  Pause,  // claim nothing until the directive is Run again; keep running
+};
+
+// "run", "drain", "pause".
+const char* directive_name(Directive d) noexcept;
+
 // A background thread that keeps the worker's heartbeat row fresh on its own
 // connection. Heartbeat failures never throw into the worker: the thread logs,
 // reconnects with backoff and beats again. Thread-safe.
@@ -152,6 +163,13 @@ class Heartbeat {
   // Ends the thread and calls stop_worker (releasing the worker's leases).
   // Idempotent; waits at most about two query_timeouts.
   void stop();
+
+  // The directive of the last heartbeat (1.3 heartbeat(); always Run against
+  // an older extension, or a role granted only upsert_worker_heartbeat).
+  // claim_leases() hands nothing to a draining or paused worker anyway.
+  Directive directive() const;
+  bool draining() const { return directive() == Directive::Drain; }
+  bool paused() const { return directive() == Directive::Pause; }
 
   bool stop_requested() const;  // stop() was called or a signal arrived
   bool connected() const;       // the last beat went through
