@@ -914,12 +914,18 @@ void LeasesChecked(Oid dboid, TimestampTz earliest_expiry)
 
 void LeaseHeldUntil(Oid dboid, TimestampTz expires)
 {
+	// Without preload there is no launcher, every reaper is dedicated and
+	// nothing reads it: a claim does not create the registry for it.
+	if (!registry)
+		return;
 	Attach();
 	QueueChange(ApplyLeaseHeld, dboid, expires);
 }
 
 void LeaseHeldFor(Oid dboid, Datum lease)
 {
+	if (!registry)
+		return;
 	Datum start = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()); // now(), as the claim saw it
 	LeaseHeldUntil(dboid, DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval, start, lease)));
 }

@@ -59,7 +59,7 @@ class Rotation
 		std::int64_t due = Earlier(db.death_check, db.lease_due);
 		if (db.visit_due != 0)
 			due = Earlier(due, db.visit_due);
-		return due;
+		return due < 0 ? 0 : due; // an invalidated schedule (its minimum value) is due now
 	}
 
 	// DueAt, but not before the back-off after the last start attempt.
@@ -77,10 +77,11 @@ class Rotation
 	// A database the launcher may start a reaper for (when it is due).
 	static bool Candidate(const DatabaseState &db) { return db.in_use && !HoldsPlace(db) && !db.stopped; }
 
-	// reaper_status()'s 'waiting for a reaper slot' (else 'scheduled').
+	// reaper_status()'s 'waiting for a reaper slot' (else 'scheduled'): it
+	// could have been started (due, back-off over) more than a second ago.
 	static bool Overdue(const DatabaseState &db, std::int64_t now)
 	{
-		std::int64_t due = DueAt(db);
+		std::int64_t due = StartableAt(db);
 		return due != kNever && now - due > kOverdueUs;
 	}
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <vector>
 
 using wh::core::DatabaseState;
@@ -182,6 +183,19 @@ TEST(Rotation, OverdueAfterOneSecond)
 	EXPECT_FALSE(Rotation::Overdue(Quiet(), kNow));
 	EXPECT_FALSE(Rotation::Overdue(DueAt(kNow - kSec / 2), kNow));
 	EXPECT_TRUE(Rotation::Overdue(DueAt(kNow - 2 * kSec), kNow));
+	DatabaseState backing_off = DueAt(kNow - 10 * kSec);
+	backing_off.last_start_attempt = kNow - kSec; // not startable for 4 s more: not waiting for a place
+	EXPECT_FALSE(Rotation::Overdue(backing_off, kNow));
+}
+
+TEST(Rotation, AnInvalidatedScheduleIsDueNowWithoutOverflow)
+{
+	DatabaseState db = Quiet();
+	db.death_check = std::numeric_limits<std::int64_t>::min(); // core::DeathSchedule::Invalidate()
+	EXPECT_EQ(Rotation::DueAt(db), 0);
+	EXPECT_TRUE(Rotation::Overdue(db, kNow));
+	Round r = Decide({db}, 1);
+	EXPECT_EQ(r.plan.starts, 1);
 }
 
 TEST(Rotation, APooledReaperLeavesOnlyWhenDatabasesOutnumberTheBudget)
