@@ -77,6 +77,8 @@ int64 CpuUs()
 }
 // Milestones of this reaper's life: connected, extension found, first pass done.
 int64 cpu_connected_us = 0, cpu_found_us = 0, cpu_first_pass_us = 0;
+// Within the first pass: RunPass, CleanupStale + retention, the lease expiry.
+int64 cpu_first_run_us = 0, cpu_first_cleanup_us = 0, cpu_first_expiry_us = 0;
 int passes_run = 0;
 // Read by the exit callback: true when the extension is gone and the slot
 // is to be dropped rather than left "not running". A flag, not a
@@ -89,12 +91,13 @@ TimestampTz next_visit_at_exit = 0;
 
 void ReleaseSlotAtExit(int, Datum)
 {
-	ereport(DEBUG1,
-	        (errmsg("worker_heartbeat reaper: CPU %.1f ms: connect %.1f, catalog %.1f, first pass %.1f, %d later "
-	                "passes %.1f",
-	                CpuUs() / 1000.0, cpu_connected_us / 1000.0, (cpu_found_us - cpu_connected_us) / 1000.0,
-	                (cpu_first_pass_us - cpu_found_us) / 1000.0, Max(passes_run - 1, 0),
-	                (CpuUs() - cpu_first_pass_us) / 1000.0)));
+	ereport(
+	    DEBUG1,
+	    (errmsg("worker_heartbeat reaper: CPU %.1f ms: connect %.1f, catalog %.1f, first pass %.1f (pass %.1f, "
+	            "cleanup and retention %.1f, lease expiry %.1f), %d later passes %.1f",
+	            CpuUs() / 1000.0, cpu_connected_us / 1000.0, (cpu_found_us - cpu_connected_us) / 1000.0,
+	            (cpu_first_pass_us - cpu_found_us) / 1000.0, cpu_first_run_us / 1000.0, cpu_first_cleanup_us / 1000.0,
+	            cpu_first_expiry_us / 1000.0, Max(passes_run - 1, 0), (CpuUs() - cpu_first_pass_us) / 1000.0)));
 	if (forget_slot_at_exit)
 		registry::ReleaseReaper(reaper_database, MyProcPid, true);
 	else if (next_visit_at_exit != 0)
@@ -153,7 +156,11 @@ Step RunOneTick(bool reap, bool full, bool leaving, int64 *cleanup_due, int *tab
 	pgstat_report_activity(STATE_RUNNING, "worker_heartbeat reaping pass");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
+	int64 cpu_at = CpuUs();
 	reaping::PassResult result = reaping::RunPass(ext, reaping::PassOptions{true, full});
+	if (passes_run == 0)
+		cpu_first_run_us = CpuUs() - cpu_at;
+	cpu_at = CpuUs();
 	*tables_failed = result.tables_failed;
 	int removed = 0;
 	TimestampTz now = GetCurrentTimestamp();
@@ -162,11 +169,16 @@ Step RunOneTick(bool reap, bool full, bool leaving, int64 *cleanup_due, int *tab
 		*cleanup_due = now + kCleanupEveryUs;
 	}
 	retention::RunIfDue(ext); // worker_heartbeat.events_retention, in its own subtransaction
+	if (passes_run == 0)
+		cpu_first_cleanup_us = CpuUs() - cpu_at;
+	cpu_at = CpuUs();
 	if (leaving) {
 		TimestampTz earliest = core::DeathSchedule::kNever;
 		if (!leases::EarliestExpiry(ext, &earliest))
 			earliest = GetCurrentTimestamp() + kUnknownLeasesVisitUs;
 		registry::LeasesChecked(MyDatabaseId, earliest);
+		if (passes_run == 0)
+			cpu_first_expiry_us = CpuUs() - cpu_at;
 	}
 	SPI_finish();
 	PopActiveSnapshot();
