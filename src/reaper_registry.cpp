@@ -235,17 +235,25 @@ void ApplyLeaseHeld(const effects::Effect &e)
 		WakeLauncher();
 }
 
+// A pass's result for a schedule: our snapshot saw every change applied
+// before BeginPass(); one applied since (the generation moved) may be
+// invisible to it and must not be lost, so the result can then only bring
+// the schedule closer.
+void ApplyChecked(core::DeathSchedule *schedule, uint64 generation_now, bool generation_valid, int64 generation_then,
+                  TimestampTz next)
+{
+	if (generation_valid && generation_now == static_cast<uint64>(generation_then))
+		schedule->Checked(next);
+	else
+		schedule->EarliestAt(next);
+}
+
 // i[0] earliest expiry, i[1] generation valid, i[2] generation.
 void ApplyLeasesChecked(const effects::Effect &e)
 {
 	Locked lock;
-	if (Slot *slot = Find(e.dboid)) {
-		bool complete = e.i[1] != 0 && slot->leases_generation == static_cast<uint64>(e.i[2]);
-		if (complete)
-			slot->leases.Checked(e.i[0]);
-		else
-			slot->leases.EarliestAt(e.i[0]);
-	}
+	if (Slot *slot = Find(e.dboid))
+		ApplyChecked(&slot->leases, slot->leases_generation, e.i[1] != 0, e.i[2], e.i[0]);
 }
 
 void ApplyInvalidate(const effects::Effect &e)
@@ -274,13 +282,7 @@ void ApplyDeathChecked(const effects::Effect &e)
 {
 	Locked lock;
 	if (Slot *slot = FindOrCreate(e.dboid)) {
-		// Our snapshot saw every change applied before BeginPass(); one
-		// applied since may be invisible to it and must not be lost.
-		bool complete = e.i[2] != 0 && slot->schedule_generation == static_cast<uint64>(e.i[3]);
-		if (complete)
-			slot->schedule.Checked(e.i[0]);
-		else
-			slot->schedule.EarliestAt(e.i[0]);
+		ApplyChecked(&slot->schedule, slot->schedule_generation, e.i[2] != 0, e.i[3], e.i[0]);
 		slot->shortest_dead_after_us = e.i[1];
 	}
 }

@@ -127,21 +127,7 @@ class Rotation
 				continue;
 			}
 			candidates++;
-			// Keep the `room` smallest, in order; equal dues keep slot order.
-			int at = due_count;
-			while (at > 0 && due_of[at - 1] > due)
-				at--;
-			if (at >= room)
-				continue;
-			int last = due_count < room ? due_count : room - 1;
-			for (int k = last; k > at; --k) {
-				start_out[k] = start_out[k - 1];
-				due_of[k] = due_of[k - 1];
-			}
-			start_out[at] = i;
-			due_of[at] = due;
-			if (due_count < room)
-				due_count++;
+			KeepSmallest(start_out, due_of, &due_count, room, i, due);
 		}
 		plan.starts = due_count;
 		plan.waiting = candidates - due_count;
@@ -157,20 +143,7 @@ class Rotation
 			const DatabaseState db = get(i);
 			if (!db.in_use || !db.reaper_running || db.yield_requested || !db.can_be_asked || !db.passed_since_start)
 				continue;
-			int at = kept;
-			while (at > 0 && idle_since[at - 1] > db.last_work_at)
-				at--;
-			if (at >= to_yield)
-				continue;
-			int last = kept < to_yield ? kept : to_yield - 1;
-			for (int k = last; k > at; --k) {
-				yield_out[k] = yield_out[k - 1];
-				idle_since[k] = idle_since[k - 1];
-			}
-			yield_out[at] = i;
-			idle_since[at] = db.last_work_at;
-			if (kept < to_yield)
-				kept++;
+			KeepSmallest(yield_out, idle_since, &kept, to_yield, i, db.last_work_at);
 		}
 		plan.yields = kept;
 		return plan;
@@ -189,6 +162,26 @@ class Rotation
 	static constexpr int kMaxKept = 64;
 
   private:
+	// Keeps in index[0..*count) / key[...] the `capacity` entries with the
+	// smallest keys seen so far, in order; an equal key goes after those kept
+	// (slot order). No allocation: the caller's arrays hold capacity entries.
+	static void KeepSmallest(int *index, std::int64_t *key, int *count, int capacity, int i, std::int64_t k)
+	{
+		int at = *count;
+		while (at > 0 && key[at - 1] > k)
+			at--;
+		if (at >= capacity)
+			return;
+		for (int j = (*count < capacity ? *count : capacity - 1); j > at; --j) {
+			index[j] = index[j - 1];
+			key[j] = key[j - 1];
+		}
+		index[at] = i;
+		key[at] = k;
+		if (*count < capacity)
+			(*count)++;
+	}
+
 	// (not Min / Max: PostgreSQL's macros of those names)
 	static std::int64_t Earlier(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
 	static int Smaller(int a, int b) { return a < b ? a : b; }

@@ -208,3 +208,17 @@ TEST(Rotation, APooledReaperLeavesOnlyWhenDatabasesOutnumberTheBudget)
 	self.passed_since_start = false;
 	EXPECT_FALSE(Rotation::ShouldLeaveIdle(self, 5, kNow, 5 * kSec, 4));
 }
+
+TEST(Rotation, TheSmallestDuesOfManyInOrder)
+{
+	std::vector<DatabaseState> dbs;
+	const std::int64_t overdue[] = {4, 9, 1, 7, 3, 8, 2, 6, 5, 0}; // seconds overdue
+	for (std::int64_t s : overdue)
+		dbs.push_back(DueAt(kNow - s * kSec));
+	Round r = Decide(dbs, 3);
+	ASSERT_EQ(r.plan.starts, 3);
+	EXPECT_EQ(r.starts[0], 1); // 9 s overdue
+	EXPECT_EQ(r.starts[1], 5); // 8 s
+	EXPECT_EQ(r.starts[2], 3); // 7 s
+	EXPECT_EQ(r.plan.waiting, 7);
+}
