@@ -7,7 +7,8 @@
 # - a: a live worker (dead_after 1 h) claims a 3 s lease with claim_leases()
 #   while no reaper runs: the claim's commit puts the expiry in a's registry
 #   slot and the launcher starts a reaper then; the lease is back within a few
-#   seconds of its expiry (before 1.3: at the next pool_visit_interval, 1 h).
+#   seconds of its expiry (on 8a31265, before this: only at the next visit,
+#   here 288 s later, when a death check for w1 came due; test 7 failed).
 # - b: a lease set by a plain SQL UPDATE (the seed's style) that a reaper's
 #   last pass saw before leaving: visited at its expiry too.
 # - while nothing is due, no reaper starts at all (the idle cost is the
