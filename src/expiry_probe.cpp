@@ -313,9 +313,10 @@ void Reload(const catalog::Extension &ext, Oid lease_tables)
 	kept.valid = kept.invalidations == invalidations;
 }
 
-// Is any row's deadline below now() in this index? 1 yes, 0 no, -1 cannot
-// tell without waiting for a lock (or the table is gone).
-int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
+// The first row visible in this index whose deadline is below now()
+// (later: at or after now()); *deadline is its deadline when asked for.
+// 1 found, 0 none, -1 cannot tell without waiting for a lock (or the table is gone).
+int FirstInIndex(Oid relid, Oid index_relid, TimestampTz now, bool later, AttrNumber expires, TimestampTz *deadline)
 {
 	if (!ConditionalLockRelationOid(relid, AccessShareLock))
 		return -1;
@@ -337,11 +338,19 @@ int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
 		return -1;
 	}
 	ScanKeyData key;
-	ScanKeyInit(&key, 1, BTLessStrategyNumber, F_TIMESTAMPTZ_LT, TimestampTzGetDatum(now));
+	if (later)
+		ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE, TimestampTzGetDatum(now));
+	else
+		ScanKeyInit(&key, 1, BTLessStrategyNumber, F_TIMESTAMPTZ_LT, TimestampTzGetDatum(now));
 	IndexScanDesc scan = wh_index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
 	index_rescan(scan, &key, 1, nullptr, 0);
 	TupleTableSlot *slot = table_slot_create(rel, nullptr);
 	bool found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found && deadline) {
+		bool isnull = true;
+		Datum value = slot_getattr(slot, expires, &isnull);
+		*deadline = isnull ? now : DatumGetTimestampTz(value); // a key >= now() is not NULL
+	}
 	ExecDropSingleTupleTableSlot(slot);
 	index_endscan(scan);
 	relation_close(index, NoLock);
@@ -349,22 +358,36 @@ int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
 	return found ? 1 : 0;
 }
 
+// Is any row's deadline below now() in this index?
+int ProbeIndex(Oid relid, Oid index_relid, TimestampTz now)
+{
+	return FirstInIndex(relid, index_relid, now, false, InvalidAttrNumber, nullptr);
+}
+
+// The registrations kept are those of lease_tables now (its fingerprint).
+bool KeptCurrent()
+{
+	if (!kept.valid || !kept.all_indexed)
+		return false;
+	if (!ConditionalLockRelationOid(kept.lease_tables, AccessShareLock) || !kept.valid)
+		return false; // taking a lock processes invalidations: look again
+	uint64 fingerprint = 0;
+	if (!Fingerprint(kept.lease_tables, &fingerprint))
+		return false;
+	if (fingerprint != kept.fingerprint) {
+		Forget();
+		return false;
+	}
+	return true;
+}
+
 // The idle pass's usual way: no statement, no subtransaction, no waiting
 // (every lock is taken only if free). NULL when it cannot tell: the
 // registrations changed, a lock is taken, a table has no usable index.
 bool *ProbeDirect()
 {
-	if (!kept.valid || !kept.all_indexed)
+	if (!KeptCurrent())
 		return nullptr;
-	if (!ConditionalLockRelationOid(kept.lease_tables, AccessShareLock) || !kept.valid)
-		return nullptr; // taking a lock processes invalidations: look again
-	uint64 fingerprint = 0;
-	if (!Fingerprint(kept.lease_tables, &fingerprint))
-		return nullptr;
-	if (fingerprint != kept.fingerprint) {
-		Forget();
-		return nullptr;
-	}
 	// now(), as the release statements see it.
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	auto *expired = static_cast<bool *>(palloc0(sizeof(bool) * (kept.count + 1)));
@@ -471,6 +494,38 @@ const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, in
 	*tables = kept.tables;
 	*count = kept.count;
 	return expired;
+}
+
+bool EarliestExpiry(const catalog::Extension &ext, TimestampTz *earliest)
+{
+	*earliest = core::DeathSchedule::kNever;
+	if (!superuser())
+		return false;
+	Oid lease_tables = get_relname_relid("lease_tables", ext.schema);
+	if (lease_tables == InvalidOid)
+		return true; // no registered table, no lease
+	if (kept.lease_tables != lease_tables || !kept.valid) {
+		const Table *tables = nullptr;
+		int count = 0;
+		(void)ProbeExpired(ext, &tables, &count); // loads the registrations
+	}
+	if (kept.lease_tables != lease_tables || !KeptCurrent())
+		return false;
+	// Deadlines below now() were the pass's to release (a table it could
+	// not release is retried by reaper.cpp); the next is the first from now().
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	for (int i = 0; i < kept.count; ++i) {
+		if (!kept.tables[i].exists || kept.unfit[i])
+			continue;
+		TimestampTz deadline = 0;
+		int found = FirstInIndex(kept.tables[i].relid, kept.expires_index[i], now, true, kept.tables[i].expires_attnum,
+		                         &deadline);
+		if (found < 0 || !kept.valid)
+			return false;
+		if (found > 0 && deadline < *earliest)
+			*earliest = deadline;
+	}
+	return true;
 }
 
 } // namespace wh::leases

@@ -28,6 +28,13 @@ namespace wh::leases
 // any failure itself.
 const bool *ProbeExpired(const catalog::Extension &ext, const Table **tables, int *count);
 
+// The earliest lease deadline at or after now() in the registered tables,
+// read from the same indexes without running any user code (*earliest =
+// kNever: none). False when it cannot tell (a table without a usable index,
+// a lock taken, not a superuser). The launcher visits a database served in
+// rotation at that moment (reaper.cpp, docs/scaleout.md).
+bool EarliestExpiry(const catalog::Extension &ext, TimestampTz *earliest);
+
 // Why a registered table no longer qualifies (not a plain table any more:
 // on PostgreSQL 15 CREATE RULE "_RETURN" makes it a view; its expires column
 // not timestamptz, its worker column not text, its token column not bigint),

@@ -6,6 +6,7 @@
 #include "events.hpp"
 #include "lease_checkpoints.hpp"
 #include "leases.hpp"
+#include "reaper_registry.hpp"
 #include "spi_plans.hpp"
 
 #include <cstring>
@@ -443,6 +444,8 @@ Datum ClaimLeases(FunctionCallInfo fcinfo, Oid relid, Oid argtype)
 		FillParams(set, set_count, types + 4, values + 4, nulls + 4);
 		nulls[claim_args] = '\0';
 		wh::spi::Run(wh::spi::Plan(claim.data, claim_args, types), values, nulls, false);
+		if (SPI_processed > 0) // at commit: a database served in rotation is visited when it expires
+			wh::registry::LeaseHeldFor(MyDatabaseId, lease);
 		if (as_jsonb) {
 			for (uint64 row = 0; row < SPI_processed; ++row) {
 				bool isnull = false;
@@ -491,6 +494,7 @@ Datum ExtendLease(FunctionCallInfo fcinfo)
 			StaleToken(*t, token);
 		bool isnull = false;
 		TimestampTz deadline = DatumGetTimestampTz(wh::spi::Column(0, 1, &isnull));
+		wh::registry::LeaseHeldUntil(MyDatabaseId, deadline); // at commit (issue 18)
 		SPI_finish();
 		PG_RETURN_TIMESTAMPTZ(deadline);
 	}

@@ -3,6 +3,7 @@
 #include "boundary.hpp"
 #include "catalog.hpp"
 #include "event_retention.hpp"
+#include "expiry_probe.hpp"
 #include "heartbeat_cache.hpp"
 #include "heartbeats.hpp"
 #include "reaper_registry.hpp"
@@ -11,6 +12,7 @@
 #include "settings_scaleout.hpp"
 
 #include <cstring>
+#include <sys/resource.h>
 
 extern "C" {
 #include "access/table.h"
@@ -56,8 +58,28 @@ constexpr int64 kRetryMaxUs = 30 * USECS_PER_SEC;
 // to do for this long leaves: an idle server runs no reaper at all, and a
 // database is visited when it is due (docs/scaleout.md).
 constexpr int64 kPooledIdleExitUs = 5 * USECS_PER_SEC;
+// A leaving reaper that cannot tell its database's earliest lease expiry (a
+// registered table without a btree index on its expires column, a lock
+// taken) has it visited again after this (the pool_visit_interval of 1.2).
+constexpr int64 kUnknownLeasesVisitUs = 5 * 60 * USECS_PER_SEC;
 
 Oid reaper_database = InvalidOid;
+
+// CPU this process has used (user + system), in microseconds: the reaper's
+// DEBUG1 line at exit splits a visit's cost (docs/benchmarks.md).
+int64 CpuUs()
+{
+	struct rusage usage;
+	if (getrusage(RUSAGE_SELF, &usage) != 0)
+		return 0;
+	return static_cast<int64>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000 + usage.ru_utime.tv_usec +
+	       usage.ru_stime.tv_usec;
+}
+// Milestones of this reaper's life: connected, extension found, first pass done.
+int64 cpu_connected_us = 0, cpu_found_us = 0, cpu_first_pass_us = 0;
+// Within the first pass: RunPass, CleanupStale + retention, the lease expiry.
+int64 cpu_first_run_us = 0, cpu_first_cleanup_us = 0, cpu_first_expiry_us = 0;
+int passes_run = 0;
 // Read by the exit callback: true when the extension is gone and the slot
 // is to be dropped rather than left "not running". A flag, not a
 // cancel_before_shmem_exit() of the callback (which only works for the
@@ -69,6 +91,13 @@ TimestampTz next_visit_at_exit = 0;
 
 void ReleaseSlotAtExit(int, Datum)
 {
+	ereport(
+	    DEBUG1,
+	    (errmsg("worker_heartbeat reaper: CPU %.1f ms: connect %.1f, catalog %.1f, first pass %.1f (pass %.1f, "
+	            "cleanup and retention %.1f, lease expiry %.1f), %d later passes %.1f",
+	            CpuUs() / 1000.0, cpu_connected_us / 1000.0, (cpu_found_us - cpu_connected_us) / 1000.0,
+	            (cpu_first_pass_us - cpu_found_us) / 1000.0, cpu_first_run_us / 1000.0, cpu_first_cleanup_us / 1000.0,
+	            cpu_first_expiry_us / 1000.0, Max(passes_run - 1, 0), (CpuUs() - cpu_first_pass_us) / 1000.0)));
 	if (forget_slot_at_exit)
 		registry::ReleaseReaper(reaper_database, MyProcPid, true);
 	else if (next_visit_at_exit != 0)
@@ -92,7 +121,9 @@ bool DatabaseWanted()
 enum class Step { Continue, ExtensionGone, DatabaseWanted };
 
 // One transaction: check that we are still wanted, then reap.
-Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
+// leaving: the last pass before the reaper gives its place; it leaves in its
+// slot the earliest lease expiry (the launcher visits the database then).
+Step RunOneTick(bool reap, bool full, bool leaving, int64 *cleanup_due, int *tables_failed)
 {
 	*tables_failed = 0;
 	Step step = Step::Continue;
@@ -125,7 +156,11 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 	pgstat_report_activity(STATE_RUNNING, "worker_heartbeat reaping pass");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "worker_heartbeat: SPI_connect failed");
+	int64 cpu_at = CpuUs();
 	reaping::PassResult result = reaping::RunPass(ext, reaping::PassOptions{true, full});
+	if (passes_run == 0)
+		cpu_first_run_us = CpuUs() - cpu_at;
+	cpu_at = CpuUs();
 	*tables_failed = result.tables_failed;
 	int removed = 0;
 	TimestampTz now = GetCurrentTimestamp();
@@ -134,6 +169,17 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 		*cleanup_due = now + kCleanupEveryUs;
 	}
 	retention::RunIfDue(ext); // worker_heartbeat.events_retention, in its own subtransaction
+	if (passes_run == 0)
+		cpu_first_cleanup_us = CpuUs() - cpu_at;
+	cpu_at = CpuUs();
+	if (leaving) {
+		TimestampTz earliest = core::DeathSchedule::kNever;
+		if (!leases::EarliestExpiry(ext, &earliest))
+			earliest = GetCurrentTimestamp() + kUnknownLeasesVisitUs;
+		registry::LeasesChecked(MyDatabaseId, earliest);
+		if (passes_run == 0)
+			cpu_first_expiry_us = CpuUs() - cpu_at;
+	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -150,13 +196,13 @@ Step RunOneTick(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
 }
 
 // A failing pass is reported and the loop goes on: no crash loop.
-Step RunOneTickCatchingErrors(bool reap, bool full, int64 *cleanup_due, int *tables_failed)
+Step RunOneTickCatchingErrors(bool reap, bool full, bool leaving, int64 *cleanup_due, int *tables_failed)
 {
 	MemoryContext loop_context = CurrentMemoryContext;
 	volatile Step step = Step::Continue;
 	PG_TRY();
 	{
-		step = RunOneTick(reap, full, cleanup_due, tables_failed);
+		step = RunOneTick(reap, full, leaving, cleanup_due, tables_failed);
 	}
 	PG_CATCH();
 	{
@@ -199,6 +245,7 @@ void WaitForStarter()
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname(kReaperType);
+	cpu_connected_us = CpuUs();
 
 	WaitForStarter();
 	StartTransactionCommand();
@@ -226,6 +273,7 @@ void WaitForStarter()
 	}
 	before_shmem_exit(ReleaseSlotAtExit, (Datum)0);
 	registry::SetState(dboid, "idle");
+	cpu_found_us = CpuUs();
 
 	bool full = true; // the first pass after a start looks at everything
 	int64 cleanup_due = 0;
@@ -263,8 +311,10 @@ void WaitForStarter()
 		if (reap && retry_full_at != 0 && GetCurrentTimestamp() >= retry_full_at)
 			full = true;
 		int tables_failed = 0;
-		Step step = RunOneTickCatchingErrors(reap, full, &cleanup_due, &tables_failed);
+		Step step = RunOneTickCatchingErrors(reap, full, yielding, &cleanup_due, &tables_failed);
 		if (reap) {
+			if (passes_run++ == 0)
+				cpu_first_pass_us = CpuUs();
 			TimestampTz done = GetCurrentTimestamp();
 			if (tables_failed == 0) {
 				if (full) { // a full pass that went through: nothing left behind

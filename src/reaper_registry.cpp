@@ -1,5 +1,6 @@
 #include "reaper_registry.hpp"
 
+#include "core/rotation.hpp"
 #include "settings_scaleout.hpp"
 #include "shared_state.hpp"
 
@@ -8,6 +9,7 @@
 
 extern "C" {
 #include "access/xact.h"
+#include "utils/fmgrprotos.h"
 #include "mb/pg_wchar.h"
 #include "storage/ipc.h"
 #include "storage/procarray.h"
@@ -19,18 +21,15 @@ namespace wh::registry
 namespace
 {
 
-// How long a database waits between two attempts to start its reaper.
-constexpr int64 kStartBackoffUs = 5 * USECS_PER_SEC;
 constexpr uint32 kMagic = 0x57485247; // "WHRG"
 // A start reserved for a reaper that never claimed its slot (the postmaster
 // could not fork it, it failed before connecting) is given back after this.
 constexpr int64 kReserveTimeoutUs = 10 * USECS_PER_SEC;
-// A database due for longer than this without a reaper is "waiting".
-constexpr int64 kOverdueUs = 1 * USECS_PER_SEC;
 // A reaper that just left holds its background worker slot until the
-// postmaster has seen it exit: a start that finds none is retried soon, and
-// is shown as 'no worker slot' only when it keeps failing.
-constexpr int64 kNoWorkerRetryUs = 250 * 1000;
+// postmaster has seen it exit: a start that finds none is retried soon
+// (core::Rotation::kNoWorkerRetryUs), and is shown as 'no worker slot' only
+// when it keeps failing.
+constexpr int64 kNoWorkerRetryUs = core::Rotation::kNoWorkerRetryUs;
 constexpr int64 kNoWorkerShownAfterUs = 2 * USECS_PER_SEC;
 
 struct Slot {
@@ -64,6 +63,12 @@ struct Slot {
 	TimestampTz failed_since;      // no background worker slot at every attempt since (0: none)
 	bool yield_requested;          // the launcher wants this reaper's place
 	bool asked_while_starting;     // start_reaper() came while a first look was starting
+	// The earliest lease expiry in the database's registered tables, as
+	// the last pass of a leaving reaper saw it, pulled in by claim_leases()
+	// and extend_lease() at commit (same rules as schedule: Checked /
+	// EarliestAt, with a generation of its own). kNever: no lease held.
+	core::DeathSchedule leases;
+	uint64 leases_generation;
 };
 
 // The header; the slots are a second shared structure of nslots entries.
@@ -85,7 +90,7 @@ static_assert(sizeof(SlotView::state) == sizeof(Slot::state) &&
               sizeof(SlotView::last_error) == sizeof(Slot::last_error));
 #if SIZEOF_VOID_P == 8
 // A change of the layout must bump kLayoutVersion; then update these sizes.
-static_assert(kLayoutVersion == 3 && sizeof(EndedSession) == 24 && sizeof(Slot) == 784,
+static_assert(kLayoutVersion == 4 && sizeof(EndedSession) == 24 && sizeof(Slot) == 800,
               "the registry layout changed: bump kLayoutVersion and update this check");
 #endif
 
@@ -134,6 +139,7 @@ Slot *FindOrCreate(Oid dboid)
 			memset(static_cast<void *>(&slot), 0, sizeof slot);
 			slot.dboid = dboid;
 			slot.schedule.Invalidate();
+			slot.leases.Invalidate();
 			strlcpy(slot.state, "not running", sizeof slot.state);
 			return &slot;
 		}
@@ -146,27 +152,37 @@ bool ReaperAlive(const Slot &slot)
 	return slot.pid != 0;
 }
 
-int64 BackoffUs(const Slot &slot)
-{
-	return slot.failed_since != 0 ? kNoWorkerRetryUs : kStartBackoffUs;
-}
-
 bool StartReserved(const Slot &slot, TimestampTz now)
 {
 	return slot.start_reserved_at != 0 && now - slot.start_reserved_at < kReserveTimeoutUs;
 }
 
-// When a database without a running reaper needs one (kNever: not before
-// something happens). Caller holds the lock.
+// What the scheduling policy (core/rotation.hpp) reads of a slot. Caller
+// holds the lock.
+core::DatabaseState PolicyState(const Slot &slot, TimestampTz now)
+{
+	core::DatabaseState db;
+	db.in_use = slot.dboid != InvalidOid;
+	db.reaper_running = ReaperAlive(slot);
+	db.start_reserved = StartReserved(slot, now);
+	db.stopped = slot.stop_requested;
+	// an ended session, beats only in shared memory: now
+	db.wants_now = slot.session_check_requested || slot.ended_count > 0 || slot.heartbeats_pending;
+	db.death_check = slot.schedule.NextCheck();
+	db.lease_due = slot.leases.NextCheck();
+	db.visit_due = slot.visit_due;
+	db.last_start_attempt = slot.last_start_attempt;
+	db.start_failing = slot.failed_since != 0;
+	db.yield_requested = slot.yield_requested;
+	db.can_be_asked = slot.latch != nullptr;
+	db.passed_since_start = slot.passes > 0 && slot.last_pass_at >= slot.started_at;
+	db.last_work_at = slot.last_work_at;
+	return db;
+}
+
 int64 DueAt(const Slot &slot)
 {
-	int64 due = core::DeathSchedule::kNever;
-	if (slot.session_check_requested || slot.ended_count > 0 || slot.heartbeats_pending)
-		return 0; // an ended session, beats only in shared memory: now
-	due = Min(due, slot.schedule.NextCheck());
-	if (slot.visit_due != 0)
-		due = Min(due, slot.visit_due);
-	return due;
+	return core::Rotation::DueAt(PolicyState(slot, 0));
 }
 
 // Copies a NUL-terminated string field out of shared memory, terminated
@@ -183,6 +199,7 @@ template <size_t N> void CopyField(char (&to)[N], const char (&from)[N])
 bool pass_generation_valid = false;
 Oid pass_dboid = InvalidOid;
 uint64 pass_generation = 0;
+uint64 pass_leases_generation = 0;
 
 void ApplyEndOfPass(const effects::Effect &)
 {
@@ -199,6 +216,44 @@ void ApplyBecameLive(const effects::Effect &e)
 		else
 			slot->schedule.Invalidate();
 	}
+}
+
+// i[0] the earliest lease expiry a claim_leases() / extend_lease() committed.
+// A database without a reaper due sooner wakes the launcher.
+void ApplyLeaseHeld(const effects::Effect &e)
+{
+	bool wake = false;
+	{
+		Locked lock;
+		if (Slot *slot = Find(e.dboid)) {
+			slot->leases_generation++;
+			wake = !ReaperAlive(*slot) && e.i[0] < slot->leases.NextCheck();
+			slot->leases.EarliestAt(e.i[0]);
+		}
+	}
+	if (wake)
+		WakeLauncher();
+}
+
+// A pass's result for a schedule: our snapshot saw every change applied
+// before BeginPass(); one applied since (the generation moved) may be
+// invisible to it and must not be lost, so the result can then only bring
+// the schedule closer.
+void ApplyChecked(core::DeathSchedule *schedule, uint64 generation_now, bool generation_valid, int64 generation_then,
+                  TimestampTz next)
+{
+	if (generation_valid && generation_now == static_cast<uint64>(generation_then))
+		schedule->Checked(next);
+	else
+		schedule->EarliestAt(next);
+}
+
+// i[0] earliest expiry, i[1] generation valid, i[2] generation.
+void ApplyLeasesChecked(const effects::Effect &e)
+{
+	Locked lock;
+	if (Slot *slot = Find(e.dboid))
+		ApplyChecked(&slot->leases, slot->leases_generation, e.i[1] != 0, e.i[2], e.i[0]);
 }
 
 void ApplyInvalidate(const effects::Effect &e)
@@ -227,13 +282,7 @@ void ApplyDeathChecked(const effects::Effect &e)
 {
 	Locked lock;
 	if (Slot *slot = FindOrCreate(e.dboid)) {
-		// Our snapshot saw every change applied before BeginPass(); one
-		// applied since may be invisible to it and must not be lost.
-		bool complete = e.i[2] != 0 && slot->schedule_generation == static_cast<uint64>(e.i[3]);
-		if (complete)
-			slot->schedule.Checked(e.i[0]);
-		else
-			slot->schedule.EarliestAt(e.i[0]);
+		ApplyChecked(&slot->schedule, slot->schedule_generation, e.i[2] != 0, e.i[3], e.i[0]);
 		slot->shortest_dead_after_us = e.i[1];
 	}
 }
@@ -524,9 +573,9 @@ bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot)
 		// Only when the database is due: a heartbeat in a database served in
 		// rotation must not call for a reaper it does not need.
 		if (slot && registry->launcher_pid != 0)
-			wake_launcher = !ReaperAlive(*slot) && !StartReserved(*slot, now) && !slot->stop_requested &&
-			                DueAt(*slot) <= now &&
-			                (slot->last_start_attempt == 0 || now - slot->last_start_attempt >= kStartBackoffUs);
+			wake_launcher =
+			    !ReaperAlive(*slot) && !StartReserved(*slot, now) && !slot->stop_requested && DueAt(*slot) <= now &&
+			    (slot->last_start_attempt == 0 || now - slot->last_start_attempt >= core::Rotation::kStartBackoffUs);
 	}
 	if (wake_launcher)
 		WakeLauncher();
@@ -536,7 +585,7 @@ bool ShouldStartReaper(Oid dboid, TimestampTz now, bool create_slot)
 	Slot *slot = create_slot ? FindOrCreate(dboid) : Find(dboid);
 	if (!slot || ReaperAlive(*slot) || StartReserved(*slot, now) || slot->stop_requested)
 		return false;
-	if (slot->last_start_attempt != 0 && now - slot->last_start_attempt < kStartBackoffUs)
+	if (slot->last_start_attempt != 0 && now - slot->last_start_attempt < core::Rotation::kStartBackoffUs)
 		return false;
 	slot->last_start_attempt = now;
 	return true;
@@ -706,80 +755,33 @@ void WakeLauncher()
 int PlanStarts(TimestampTz now, int budget, Oid *out, int max, TimestampTz *next_due, int *waiting, int looks_waiting)
 {
 	Attach();
-	int n = 0;
-	*next_due = core::DeathSchedule::kNever;
-	*waiting = 0;
-	Latch *evict[8];
-	int evicted = 0;
+	int starts[core::Rotation::kMaxKept];
+	int yields[core::Rotation::kMaxYieldsPerRound];
+	Latch *wake[core::Rotation::kMaxYieldsPerRound];
+	core::Rotation::Plan plan;
 	{
 		Locked lock;
-		int running = 0;
-		int yielding = 0;
-		for (const Slot &slot : AllSlots())
-			if (slot.dboid != InvalidOid && (ReaperAlive(slot) || StartReserved(slot, now))) {
-				running++;
-				if (slot.yield_requested)
-					yielding++;
-			}
-		// Start the most overdue first: repeatedly take the smallest due.
-		for (;;) {
-			Slot *best = nullptr;
-			int64 best_due = 0;
-			for (Slot &slot : AllSlots()) {
-				if (slot.dboid == InvalidOid || ReaperAlive(slot) || StartReserved(slot, now) || slot.stop_requested)
-					continue;
-				int64 due = DueAt(slot);
-				// A reaper that did not get going (crash, no worker slot):
-				// not again within kStartBackoffUs.
-				if (slot.last_start_attempt != 0 && now - slot.last_start_attempt < BackoffUs(slot))
-					due = Max(due, slot.last_start_attempt + BackoffUs(slot));
-				if (due > now) {
-					*next_due = Min(*next_due, due);
-					continue;
-				}
-				if (!best || due < best_due) {
-					best = &slot;
-					best_due = due;
-				}
-			}
-			if (!best)
-				break;
-			if (n >= max || (budget > 0 && running >= budget)) {
-				// Not startable now: count every database still due.
-				for (const Slot &slot : AllSlots())
-					if (slot.dboid != InvalidOid && !ReaperAlive(slot) && !StartReserved(slot, now) &&
-					    !slot.stop_requested && DueAt(slot) <= now &&
-					    (slot.last_start_attempt == 0 || now - slot.last_start_attempt >= BackoffUs(slot)))
-						(*waiting)++;
-				break;
-			}
-			best->start_reserved_at = now;
-			best->last_start_attempt = now;
-			running++;
-			out[n++] = best->dboid;
+		// The decision is core::Rotation's (src/core/rotation.hpp); here it
+		// is applied: starts reserved, reapers asked to leave.
+		plan = core::Rotation::Decide(
+		    nslots, [&](int i) { return PolicyState(slots[i], now); }, now, budget, Min(max, core::Rotation::kMaxKept),
+		    looks_waiting, starts, yields);
+		for (int i = 0; i < plan.starts; ++i) {
+			Slot &slot = slots[starts[i]];
+			slot.start_reserved_at = now;
+			slot.last_start_attempt = now;
+			out[i] = slot.dboid;
 		}
-		// More waiting than places: ask the reapers idle longest to leave,
-		// each after a pass of its own since it started.
-		int to_evict = *waiting + (running >= budget && budget > 0 ? Min(looks_waiting, 1) : 0) - yielding;
-		while (to_evict > 0 && evicted < static_cast<int>(lengthof(evict))) {
-			Slot *victim = nullptr;
-			for (Slot &slot : AllSlots()) {
-				if (slot.dboid == InvalidOid || !ReaperAlive(slot) || slot.yield_requested || !slot.latch ||
-				    slot.last_pass_at < slot.started_at || slot.passes == 0)
-					continue;
-				if (!victim || slot.last_work_at < victim->last_work_at)
-					victim = &slot;
-			}
-			if (!victim)
-				break;
-			victim->yield_requested = true;
-			evict[evicted++] = victim->latch;
-			to_evict--;
+		for (int i = 0; i < plan.yields; ++i) {
+			slots[yields[i]].yield_requested = true;
+			wake[i] = slots[yields[i]].latch;
 		}
 	}
-	for (int i = 0; i < evicted; ++i)
-		SetLatch(evict[i]);
-	return n;
+	for (int i = 0; i < plan.yields; ++i)
+		SetLatch(wake[i]);
+	*next_due = plan.next_due;
+	*waiting = plan.waiting;
+	return plan.starts;
 }
 
 void NoteWork(Oid dboid, TimestampTz now)
@@ -794,16 +796,16 @@ bool ShouldLeaveIdle(Oid dboid, TimestampTz now, int64 idle_us, int budget)
 {
 	Attach();
 	Locked lock;
-	if (registry->launcher_pid == 0 || budget <= 0)
+	if (registry->launcher_pid == 0)
 		return false;
 	Slot *slot = Find(dboid);
-	if (!slot || slot->passes == 0 || now - slot->last_work_at < idle_us)
+	if (!slot)
 		return false;
 	int databases = 0;
 	for (const Slot &other : AllSlots())
-		if (other.dboid != InvalidOid && !other.stop_requested && ++databases > budget)
-			return true;
-	return false;
+		if (other.dboid != InvalidOid && !other.stop_requested)
+			databases++;
+	return core::Rotation::ShouldLeaveIdle(PolicyState(*slot, now), databases, now, idle_us, budget);
 }
 
 bool YieldRequested(Oid dboid)
@@ -823,6 +825,10 @@ void ReleaseReaperForVisit(Oid dboid, int32 pid, TimestampTz next_visit, bool or
 		Slot *slot = Find(dboid);
 		if (slot && slot->pid == pid) {
 			slot->visit_due = next_visit;
+			// A lease expiry already past was this reaper's to release (a
+			// table that failed comes back with next_visit): not due again.
+			if (slot->leases.NextCheck() <= GetCurrentTimestamp())
+				slot->leases.Checked(next_visit);
 			// Left in good order (gave its place): no back-off. Any other exit
 			// (terminated, crashed, its database wanted): the next start waits
 			// kStartBackoffUs, so a reaper that keeps failing is no fork loop.
@@ -859,6 +865,7 @@ void BeginPass(Oid dboid)
 		pass_generation_valid = slot != nullptr;
 		pass_dboid = dboid;
 		pass_generation = slot ? slot->schedule_generation : 0;
+		pass_leases_generation = slot ? slot->leases_generation : 0;
 	}
 	// The generation is forgotten when the transaction ends.
 	effects::Queue(MakeEffect(ApplyEndOfPass, core::EffectWhen::End, dboid));
@@ -895,6 +902,34 @@ void InvalidateDeathSchedule(Oid dboid)
 {
 	Attach();
 	QueueChange(ApplyInvalidate, dboid, 0);
+}
+
+void LeasesChecked(Oid dboid, TimestampTz earliest_expiry)
+{
+	Attach();
+	effects::Effect e = MakeEffect(ApplyLeasesChecked, core::EffectWhen::Commit, dboid);
+	e.i[0] = earliest_expiry;
+	e.i[1] = pass_generation_valid && pass_dboid == dboid;
+	e.i[2] = static_cast<int64>(pass_leases_generation);
+	effects::Queue(e);
+}
+
+void LeaseHeldUntil(Oid dboid, TimestampTz expires)
+{
+	// Without preload there is no launcher, every reaper is dedicated and
+	// nothing reads it: a claim does not create the registry for it.
+	if (!registry)
+		return;
+	Attach();
+	QueueChange(ApplyLeaseHeld, dboid, expires);
+}
+
+void LeaseHeldFor(Oid dboid, Datum lease)
+{
+	if (!registry)
+		return;
+	Datum start = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()); // now(), as the claim saw it
+	LeaseHeldUntil(dboid, DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval, start, lease)));
 }
 
 void NoteHeartbeatsPending(Oid dboid)
@@ -1021,10 +1056,8 @@ int Snapshot(SlotView *out, int max)
 				why = kStateNoWorker;
 			else if (StartReserved(slot, now))
 				why = kStateStarting;
-			else if (launcher) {
-				int64 due = DueAt(slot);
-				why = due != core::DeathSchedule::kNever && now - due > kOverdueUs ? kStateWaiting : kStateScheduled;
-			}
+			else if (launcher)
+				why = core::Rotation::Overdue(PolicyState(slot, now), now) ? kStateWaiting : kStateScheduled;
 			if (why)
 				strlcpy(view.state, why, sizeof view.state);
 		}

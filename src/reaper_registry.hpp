@@ -34,7 +34,7 @@ namespace wh::registry
 // of them (read when the registry is created: at server start when
 // preloaded, else at first use). Capacity() is the number in force.
 // Bump when Slot or Registry changes (reaper_registry.cpp static_asserts it).
-inline constexpr uint32 kLayoutVersion = 3;
+inline constexpr uint32 kLayoutVersion = 4;
 inline constexpr int kEndedSessions = 16;
 
 struct EndedSession {
@@ -170,6 +170,18 @@ bool DeathCheckDue(Oid dboid, TimestampTz now);
 void DeathChecked(Oid dboid, TimestampTz next_deadline, int64 shortest_dead_after_us);
 void WorkerBecameLive(Oid dboid, TimestampTz now);
 void InvalidateDeathSchedule(Oid dboid);
+
+// --- the earliest lease expiry (so that a database served in rotation is
+// visited when a lease expires, not only every pool_visit_interval) -------
+// A leaving reaper's last pass: the earliest expiry in the registered tables
+// its snapshot saw (kNever: none; when it cannot tell, a time to look again).
+// Applied at commit; a claim applied since BeginPass() is not overwritten.
+void LeasesChecked(Oid dboid, TimestampTz earliest_expiry);
+// claim_leases() / extend_lease(): a lease held until expires (or now() +
+// lease), applied when the transaction commits. Leases set by plain SQL
+// UPDATEs are not seen: they wait for a pass (docs/scaleout.md).
+void LeaseHeldUntil(Oid dboid, TimestampTz expires);
+void LeaseHeldFor(Oid dboid, Datum lease_interval);
 
 // --- heartbeats waiting in shared memory -----------------------------------
 void NoteHeartbeatsPending(Oid dboid);

@@ -9,7 +9,7 @@ namespace wh::settings
 
 int max_databases = kMaxDatabasesPreloaded;
 int max_reapers = 4;
-int pool_visit_interval_ms = 5 * 60 * 1000;
+int pool_visit_interval_ms = 60 * 60 * 1000;
 
 void DefineScaleout()
 {
@@ -31,9 +31,12 @@ void DefineScaleout()
 	                        1, 10000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
 	DefineCustomIntVariable("worker_heartbeat.pool_visit_interval",
 	                        "Longest time between two visits of a database served in rotation when nothing calls "
-	                        "for one (expired leases, stale workers).",
-	                        nullptr, &pool_visit_interval_ms, pool_visit_interval_ms, 1000, 24 * 3600 * 1000,
-	                        PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+	                        "for one: the safety visit.",
+	                        "Ended sessions, death deadlines and the expiry of leases taken with claim_leases() or "
+	                        "extend_lease() call for a visit themselves; leases set by plain SQL UPDATEs, stale "
+	                        "workers and event retention wait for the next visit.",
+	                        &pool_visit_interval_ms, pool_visit_interval_ms, 1000, 24 * 3600 * 1000, PGC_SIGHUP,
+	                        GUC_UNIT_MS, nullptr, nullptr, nullptr);
 }
 
 } // namespace wh::settings

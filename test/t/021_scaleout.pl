@@ -42,6 +42,7 @@ my $kills = $ENV{WH_SCALEOUT_KILLS} // $ndb;
 my $idle_seconds = $ENV{WH_SCALEOUT_IDLE_SECONDS} // 10;
 my $reap_interval = $ENV{WH_SCALEOUT_REAP_INTERVAL} // '200ms';
 my $visit_interval = $ENV{WH_SCALEOUT_VISIT_INTERVAL} // '10min';
+my $launcher_interval = $ENV{WH_SCALEOUT_LAUNCHER_INTERVAL} // '500ms';
 
 # CPU seconds used per second of wall time by the worker_heartbeat processes
 # (launcher, reapers; reapers that exited in the window count through the
@@ -92,7 +93,7 @@ autovacuum = off
 worker_heartbeat.max_reapers = $max_reapers
 worker_heartbeat.max_databases = @{[ $ndb + 24 ]}
 worker_heartbeat.reap_interval = '$reap_interval'
-worker_heartbeat.launcher_interval = '500ms'
+worker_heartbeat.launcher_interval = '$launcher_interval'
 worker_heartbeat.pool_visit_interval = '$visit_interval'
 });
 $node->start;
@@ -114,7 +115,9 @@ $node->safe_psql('tmpl', q{
 $node->safe_psql('tmpl', 'SELECT pm_pipeline.stop_reaper()');
 $node->safe_psql('postgres', 'ALTER DATABASE tmpl WITH IS_TEMPLATE true ALLOW_CONNECTIONS false');
 my @dbs = map { sprintf('tenant%02d', $_) } 1 .. $ndb;
+my $t_create = time;
 $node->safe_psql('postgres', "CREATE DATABASE $_ TEMPLATE tmpl") for @dbs;
+note sprintf('created %d databases in %.0f s', $ndb, time - $t_create);
 
 my $reapers = q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'worker_heartbeat reaper'};
 ok( $node->poll_query_until('tenant01',
@@ -145,9 +148,10 @@ ok( $node->poll_query_until('tenant01', qq{
 ok($node->poll_query_until('postgres', $reapers, '0'), 'idle: every pooled reaper left after 5 s without work')
   if $ndb > $max_reapers;
 my $idle = idle_cpu($node, $idle_seconds);
-note sprintf('idle: %d databases, %d reapers at most, reap_interval %s, pool_visit_interval %s: the launcher and '
-	  . 'reapers used %.2f%% of one core over %d s; %d databases had a reaper started in that time',
-	$ndb, $max_reapers, $reap_interval, $visit_interval, 100 * $idle->[0], $idle_seconds, $idle->[1]);
+note sprintf('idle: %d databases, %d reapers at most, reap_interval %s, pool_visit_interval %s, launcher_interval %s: '
+	  . 'the launcher and reapers used %.2f%% of one core over %d s; %d databases had a reaper started in that time',
+	$ndb, $max_reapers, $reap_interval, $visit_interval, $launcher_interval, 100 * $idle->[0], $idle_seconds,
+	$idle->[1]);
 
 # A SIGKILLed session-bound worker in every database, one after another.
 my @latency;
