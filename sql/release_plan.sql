@@ -24,9 +24,15 @@ SELECT count(*) FROM (SELECT pm_pipeline.upsert_worker_heartbeat('rp-' || g, 'rp
 INSERT INTO public.rp_queue SELECT g, 'rp-' || (g % 40 + 1), now() + interval '1 hour', 'claimed'
   FROM generate_series(1, 20000) g;
 ANALYZE public.rp_queue;
+-- pg_stat_xact_user_tables also shows this backend's counts not yet flushed
+-- (up to a second old: the INSERT, the registration's checks): the release
+-- is judged by the difference across the call.
 BEGIN;
+SELECT seq_scan AS seq_before, n_tup_upd AS upd_before
+  FROM pg_stat_xact_user_tables WHERE relid = 'public.rp_queue'::regclass \gset
 SELECT pm_pipeline.stop_worker('rp-1');
-SELECT seq_scan, n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'public.rp_queue'::regclass;
+SELECT seq_scan - :seq_before AS seq_scans, n_tup_upd - :upd_before AS rows_updated
+  FROM pg_stat_xact_user_tables WHERE relid = 'public.rp_queue'::regclass;
 SELECT count(*) AS still_held FROM public.rp_queue WHERE claimed_by = 'rp-1';
 SELECT released_count FROM pm_pipeline.worker_events
  WHERE event = 'leases_released' AND worker_id = 'rp-1';
