@@ -6,3 +6,10 @@
 
 \echo Use "ALTER EXTENSION worker_heartbeat UPDATE TO '1.3'" to load this file. \quit
 
+-- This update alters worker_types (50) and lease_tables (30). A reaping pass
+-- reads worker_types (the timeout scan) before lease_tables (the release) and
+-- keeps both locks until it commits: altering them in the other order
+-- deadlocked with a pass (TAP 030, PostgreSQL 17). Both are locked first, in
+-- the pass's order, so the update waits for a running pass instead.
+LOCK TABLE @extschema@.worker_types, @extschema@.lease_tables IN ACCESS EXCLUSIVE MODE;
+
