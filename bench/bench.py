@@ -700,6 +700,9 @@ def claims13_setup(P):
             c.execute(QUEUE_DDL.format(s=SCHEMA, t=C13_TABLE))
             c.execute(EXPIRES_IDX.format(s=SCHEMA, t=C13_TABLE))
             c.execute("ALTER TABLE pm_pipeline.%s ADD COLUMN lease_token bigint" % C13_TABLE)
+            # register_lease_table()'s NOTICE asks for it: without it every
+            # complete_lease() scans the whole table (~10 ms at 100,000 rows)
+            c.execute("CREATE INDEX ON pm_pipeline.%s (lease_token)" % C13_TABLE)
             c.execute("SELECT pm_pipeline.register_lease_table('pm_pipeline.%s'::regclass, "
                       "'claimed_by', 'lease_expires_at', '{\"state\": \"pending\"}'::jsonb, "
                       "'lease_token')" % C13_TABLE)
