@@ -5,6 +5,8 @@ One run starts two throwaway clusters in a temp dir (removed at exit):
   A: shared_preload_libraries = 'worker_heartbeat'
      db "seed"  - the seed's design (seed_schema.sql, loaded verbatim)
      db "ext"   - CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline
+     dbs "c12", "c13", "c13d" - fenced claims on a 1.2 catalog, on 1.3 and
+                  on 1.3 with a drain rule in force (--only claims13)
   B: no preload (the hosted-Supabase case)
      db "extnp" - the extension; before PostgreSQL 17 every heartbeat is a
                   table write, from 17 an unchanged one is absorbed in a DSM
@@ -53,6 +55,7 @@ FULL = dict(
     kills=20, deadline_kills=5, deadline_s=2, deadline_beat_s=0.5,
     claim_rows=100_000, claim_clients=8, claim_secs=5, claim_rounds=4,
     claim_hb_workers=1000, claim_hb_interval_s=10,
+    claim13_rows=100_000, claim13_clients=8, claim13_secs=5, claim13_rounds=6,
     max_workers=200_000,
 )
 QUICK = dict(
@@ -63,6 +66,7 @@ QUICK = dict(
     kills=2, deadline_kills=1, deadline_s=1, deadline_beat_s=0.2,
     claim_rows=10_000, claim_clients=4, claim_secs=1, claim_rounds=1,
     claim_hb_workers=100, claim_hb_interval_s=1,
+    claim13_rows=5_000, claim13_clients=4, claim13_secs=1, claim13_rounds=1,
     max_workers=20_000,
 )
 
@@ -655,6 +659,130 @@ def fig_claims(P, R):
 
 
 # --------------------------------------------------------------------------
+# claims13: fenced claim_leases() on a 1.2 catalog against 1.3 (issue 16)
+# --------------------------------------------------------------------------
+# 1.3 added a drain/pause check at the start of claim_leases(): a ROW
+# EXCLUSIVE lock on worker_directives and the rules kept in the backend's
+# memory (on a 1.2 catalog there is no such table and the check is skipped).
+# Three databases of the preloaded cluster, set up alike: "c12" (CREATE
+# EXTENSION ... VERSION '1.2'), "c13" (the default, 1.3, no rule) and "c13d"
+# (1.3 with one drain rule in force, on a worker type the claimers are not of:
+# the deploy case, old workers draining while new ones claim; a worker_type
+# rule makes every claim look up the claimer's type). Rounds are interleaved,
+# the order rotating; the figure is the median of the per-round ratios.
+C13_SIDES = (("c12", "1.2", False), ("c13", None, False), ("c13d", None, True))
+C13_TABLE = "claim_queue"
+
+
+def claims13_script(P):
+    # one transaction of pgbench: claim one pending row (fenced, jsonb form of
+    # 1.2), complete it with its token, commit; the next round gets a fresh table
+    return write_script("claims13.sql", """\
+BEGIN;
+SELECT (j->>'lease_token')::bigint AS tok
+  FROM pm_pipeline.claim_leases('pm_pipeline.%s', 'claimer' || :client_id, 1, '5 minutes',
+                                '{"state": "pending"}', '{"state": "claimed"}') j \\gset
+SELECT pm_pipeline.complete_lease('pm_pipeline.%s', :tok, '{"state": "done"}');
+COMMIT;
+""" % (C13_TABLE, C13_TABLE))
+
+
+def claims13_setup(P):
+    A = ENV.A
+    with A.connect("postgres") as c:
+        for db, _, _ in C13_SIDES:
+            c.execute("CREATE DATABASE %s" % db)
+    for db, version, drain in C13_SIDES:
+        with A.connect(db) as c:
+            c.execute("CREATE SCHEMA pm_pipeline")
+            c.execute("CREATE EXTENSION worker_heartbeat SCHEMA pm_pipeline" +
+                      (" VERSION '%s'" % version if version else ""))
+            c.execute(QUEUE_DDL.format(s=SCHEMA, t=C13_TABLE))
+            c.execute(EXPIRES_IDX.format(s=SCHEMA, t=C13_TABLE))
+            c.execute("ALTER TABLE pm_pipeline.%s ADD COLUMN lease_token bigint" % C13_TABLE)
+            # register_lease_table()'s NOTICE asks for it: without it every
+            # complete_lease() scans the whole table (~10 ms at 100,000 rows)
+            c.execute("CREATE INDEX ON pm_pipeline.%s (lease_token)" % C13_TABLE)
+            c.execute("SELECT pm_pipeline.register_lease_table('pm_pipeline.%s'::regclass, "
+                      "'claimed_by', 'lease_expires_at', '{\"state\": \"pending\"}'::jsonb, "
+                      "'lease_token')" % C13_TABLE)
+            c.execute("SELECT pm_pipeline.set_worker_type_dead_after('claimer', '1 hour')")
+            for i in range(P["claim13_clients"]):
+                c.execute("SELECT pm_pipeline.upsert_worker_heartbeat(%s, 'claimer')", ("claimer%d" % i,))
+            if drain:
+                c.execute("SELECT pm_pipeline.drain_workers(p_worker_type => 'claimer_old')")
+            v = q1(c, "SELECT extversion FROM pg_extension WHERE extname = 'worker_heartbeat'")
+            rules = (q1(c, "SELECT count(*) FROM pm_pipeline.worker_directives")
+                     if v != "1.2" else None)
+            log("claims13: %s: extension %s, drain rules %s" % (db, v, rules))
+            if (version or "1.3") != v or (drain and rules != 1):
+                raise RuntimeError("claims13: %s has extension %s and %s rules" % (db, v, rules))
+
+
+def claims13_reset(db, rows):
+    with ENV.A.connect(db) as c:
+        c.execute("TRUNCATE pm_pipeline.%s RESTART IDENTITY" % C13_TABLE)
+        c.execute("INSERT INTO pm_pipeline.%s (run_id, domain) "
+                  "SELECT '00000000-0000-0000-0000-000000000001', 'd' || g || '.example' "
+                  "FROM generate_series(1, %d) g" % (C13_TABLE, rows))
+        c.execute("VACUUM ANALYZE pm_pipeline.%s" % C13_TABLE)
+        c.execute("CHECKPOINT")
+
+
+def fig_claims13(P, R):
+    claims13_setup(P)
+    script = claims13_script(P)
+    samples = {db: [] for db, _, _ in C13_SIDES}
+    order = [db for db, _, _ in C13_SIDES]
+    for rnd in range(P["claim13_rounds"]):
+        for db in order[rnd % len(order):] + order[:rnd % len(order)]:
+            claims13_reset(db, P["claim13_rows"])
+            r = pgbench(ENV.A, db, script, P["claim13_clients"], seconds=P["claim13_secs"])
+            if r["failed"]:
+                raise RuntimeError("claims13: %d failed transactions in %s" % (r["failed"], db))
+            with ENV.A.connect(db) as c:
+                done = q1(c, "SELECT count(*) FROM pm_pipeline.%s WHERE state = 'done'" % C13_TABLE)
+            samples[db].append(r["tps"])
+            log("claims13 round %d %s: %.0f claims/s (%d rows done)" % (rnd, db, r["tps"], done))
+    out = {"samples": samples, "uptime": load_average()}
+    for db in samples:
+        out[db + "_per_s"] = statistics.median(samples[db])
+    for db in ("c13", "c13d"):
+        rs = [a / b for a, b in zip(samples[db], samples["c12"])]
+        out[db + "_ratios"] = rs
+        out[db + "_vs_c12"] = statistics.median(rs)
+    R["_claims13"] = out
+
+
+def load_average():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def claims13_report(P, R, out):
+    """The claims13 lines and their verdicts (judged in full mode)."""
+    c = R.get("_claims13")
+    if not c:
+        return []
+    out.write("\nclaims13: fenced claim_leases() + complete_lease(), %d clients, %d rounds of %d s, "
+              "one cluster (preloaded), load %s at the end\n"
+              % (P["claim13_clients"], P["claim13_rounds"], P["claim13_secs"], c["uptime"]))
+    out.write("  %-34s %8.0f claims/s (median)  rounds %s\n"
+              % ("1.2 catalog:", c["c12_per_s"], "/".join("%.0f" % v for v in c["samples"]["c12"])))
+    verdicts = []
+    for db, label in (("c13", "1.3, no rule"), ("c13d", "1.3, one drain rule, other type")):
+        out.write("  %-34s %8.0f claims/s (median)  rounds %s  vs 1.2: %.2fx (per-round %s)\n"
+                  % (label + ":", c[db + "_per_s"], "/".join("%.0f" % v for v in c["samples"][db]),
+                     c[db + "_vs_c12"], ", ".join("%.2f" % v for v in c[db + "_ratios"])))
+        verdicts.append(("claims13: claim_leases() on %s / on 1.2 (median of per-round ratios)" % label,
+                         "1.3 claims >= 0.95x of 1.2's", c[db + "_vs_c12"] >= 0.95))
+    return verdicts
+
+
+# --------------------------------------------------------------------------
 # figure 4: the reaping pass at 100k workers and 1M leased rows
 # --------------------------------------------------------------------------
 def exec_ms(c, sql):
@@ -1150,8 +1278,9 @@ def main():
                          "Distorts the figures of that run")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a size parameter (e.g. --set hb_total=100000); see FULL in bench.py")
-    ap.add_argument("--only", default="hb,claims,reap,kills",
-                    help="comma-separated subset of figures: hb,claims,reap,kills")
+    ap.add_argument("--only", default="hb,claims,claims13,reap,kills",
+                    help="comma-separated subset of figures: hb,claims,claims13,reap,kills "
+                         "(claims13: fenced claim_leases() on a 1.2 catalog against 1.3)")
     args = ap.parse_args()
     if args.find_seed:
         p = args.seed_sql or find_seed_sql()
@@ -1219,6 +1348,8 @@ def main():
         fig_heartbeats(P, R)
     if "claims" in only:
         fig_claims(P, R)
+    if "claims13" in only and ENV.have_ext:
+        guarded("claims13", "claims13", fig_claims13, P, R)
     if "kills" in only:
         fig_kills(P, R)
     if "reap" in only:
@@ -1237,6 +1368,7 @@ def main():
               "seed_schema.sql in cluster A; ratios from this run\n\n")
     print_table(header, lines, out)
     verdicts += hb_np_report(P, R, out)  # issue 17 item 1
+    verdicts += claims13_report(P, R, out)  # issue 16: claims unchanged by 1.3
     out.write("\nclaims/s: 'ceiling' is the same claim on the same queue table in a database without "
               "the extension, with no heartbeats; seed runs its own heartbeats at the same rate (%.0f/s).\n" % R.get("_claim_hb_rate", 0))
     out.write("claims/s samples (median taken): %s\n" % "; ".join(
@@ -1261,6 +1393,8 @@ def main():
     missing = [(k, key) for k in ("ext", "extnp", "seed") for key, *_ in rows_spec(P)
                if ENV.have_ext or k == "seed" if R[k].get(key) is None
                and not (k == "seed" and key.startswith("hb_directive"))]
+    if "claims13" in only and ENV.have_ext and not R.get("_claims13"):
+        missing.append(("ext", "claims13"))
     cores = os.cpu_count() or 1
     for k, name in (("ext", "extension (preloaded)"), ("extnp", "extension (not preloaded)"),
                     ("seed", "seed design")):
