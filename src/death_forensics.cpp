@@ -280,13 +280,17 @@ bool Attach()
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	// Without preload the server's spare shared memory may be too small:
 	// then forensics say "no snapshot", nothing fails. ShmemInitStruct
-	// releases its own lock before it raises.
+	// releases its own lock before it raises. errfinish() zeroes
+	// InterruptHoldoffCount before it jumps, and we still hold
+	// AddinShmemInitLock (whose release decrements it): restore the count.
+	uint32 holdoff = InterruptHoldoffCount;
 	PG_TRY();
 	{
 		shared = static_cast<Ring *>(ShmemInitStruct(name, ShmemSize(), &found));
 	}
 	PG_CATCH();
 	{
+		InterruptHoldoffCount = holdoff;
 		MemoryContextSwitchTo(context);
 		FlushErrorState();
 		shared = nullptr;

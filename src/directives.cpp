@@ -68,19 +68,9 @@ AttrNumber Column(Oid relid, const char *name)
 	return attnum;
 }
 
-void EnsureLoaded()
+// Reads every rule into rules_context (see EnsureLoaded).
+void LoadRules()
 {
-	if (rules_valid)
-		return;
-	if (!callback_registered) {
-		CacheRegisterRelcacheCallback(OnRelcacheInvalidation, (Datum)0);
-		callback_registered = true;
-	}
-	if (!rules_context)
-		rules_context = AllocSetContextCreate(TopMemoryContext, "worker_heartbeat directives", ALLOCSET_SMALL_SIZES);
-	// Valid from here: an invalidation that arrives during the load (at the
-	// lock below) makes the next call load again.
-	rules_valid = true;
 	MemoryContextReset(rules_context);
 	rules = nullptr;
 	rule_count = 0;
@@ -118,7 +108,9 @@ void EnsureLoaded()
 			rules =
 			    static_cast<Rule *>(rules ? repalloc(rules, sizeof(Rule) * capacity) : palloc(sizeof(Rule) * capacity));
 		}
-		Rule &r = rules[rule_count++];
+		// Filled before it is counted: a load that fails half-way never
+		// leaves a rule with unset fields behind.
+		Rule r{};
 		char *name = TextDatumGetCString(directive);
 		r.directive = strcmp(name, "drain") == 0 ? Directive::Drain : Directive::Pause;
 		Datum value = heap_getattr(tuple, a_id, desc, &isnull);
@@ -129,11 +121,41 @@ void EnsureLoaded()
 		r.metadata = isnull ? nullptr : DatumGetJsonbPCopy(value);
 		value = heap_getattr(tuple, a_created, desc, &isnull);
 		r.created_at = isnull ? 0 : DatumGetTimestampTz(value);
+		rules[rule_count++] = r;
 	}
 	MemoryContextSwitchTo(outer);
 	table_endscan(scan);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
+}
+
+void EnsureLoaded()
+{
+	if (rules_valid)
+		return;
+	if (!callback_registered) {
+		CacheRegisterRelcacheCallback(OnRelcacheInvalidation, (Datum)0);
+		callback_registered = true;
+	}
+	if (!rules_context)
+		rules_context = AllocSetContextCreate(TopMemoryContext, "worker_heartbeat directives", ALLOCSET_SMALL_SIZES);
+	// Valid from here: an invalidation that arrives during the load (at the
+	// lock in LoadRules) makes the next call load again. A load that fails
+	// (a cancel, out of memory) leaves no rules and not valid: the next call
+	// loads again instead of trusting a partial set (a paused worker would
+	// claim).
+	rules_valid = true;
+	PG_TRY();
+	{
+		LoadRules();
+	}
+	PG_CATCH();
+	{
+		rules_valid = false;
+		rule_count = 0;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 bool SameText(text *a, text *b)

@@ -414,13 +414,16 @@ void Attach()
 		Size bytes = mul_size(sizeof(Slot), static_cast<Size>(shared->nslots));
 		// Without preload this may fail for want of spare shared memory: a
 		// clear ERROR ("out of shared memory"), the header stays and the
-		// next attempt asks again.
+		// next attempt asks again. errfinish() zeroed InterruptHoldoffCount
+		// before the jump; the lock we still hold expects its count back.
+		uint32 holdoff = InterruptHoldoffCount;
 		PG_TRY();
 		{
 			shared_slots = static_cast<Slot *>(ShmemInitStruct(slots_name, bytes, &slots_found));
 		}
 		PG_CATCH();
 		{
+			InterruptHoldoffCount = holdoff;
 			LWLockRelease(AddinShmemInitLock);
 			PG_RE_THROW();
 		}

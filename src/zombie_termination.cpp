@@ -47,17 +47,19 @@ bool Enabled(const catalog::Extension &ext, const char *worker_type)
 	return settings::terminate_zombies;
 }
 
-// The role the worker belongs to (1.2 owner_role), else the extension's owner.
+// The role the worker belongs to (1.2 owner_role); InvalidOid when the row
+// has none (a worker from before 1.2 that no role has beaten since): such a
+// worker's backend is not terminated. Falling back to the extension's owner
+// (a superuser) would let it terminate any client backend.
 Oid OwnerRole(const catalog::Extension &ext, const char *worker_id)
 {
-	bool owned = HasColumn(ext, "worker_heartbeats", "owner_role");
-	static const Oid types[2] = {TEXTOID, OIDOID};
-	Datum values[2] = {CStringGetTextDatum(worker_id), ObjectIdGetDatum(ext.oid)};
-	char *sql = psprintf("SELECT COALESCE((SELECT %s FROM %s w WHERE w.worker_id OPERATOR(pg_catalog.=) $1), "
-	                     "(SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.oid OPERATOR(pg_catalog.=) $2))",
-	                     owned ? "w.owner_role::pg_catalog.oid" : "NULL::pg_catalog.oid",
+	if (!HasColumn(ext, "worker_heartbeats", "owner_role"))
+		return InvalidOid;
+	static const Oid types[1] = {TEXTOID};
+	Datum values[1] = {CStringGetTextDatum(worker_id)};
+	char *sql = psprintf("SELECT w.owner_role::pg_catalog.oid FROM %s w WHERE w.worker_id OPERATOR(pg_catalog.=) $1",
 	                     catalog::Qualified(ext, "worker_heartbeats"));
-	spi::Run(spi::Plan(sql, 2, types), values, nullptr, true);
+	spi::Run(spi::Plan(sql, 1, types), values, nullptr, true);
 	bool isnull = true;
 	Datum owner = SPI_processed > 0 ? spi::Column(0, 1, &isnull) : (Datum)0;
 	return isnull ? InvalidOid : DatumGetObjectId(owner);
@@ -154,9 +156,16 @@ void TerminateIfZombie(const catalog::Extension &ext, const char *worker_id, con
 	// pg_terminate_backend() as the reaper (a superuser): the checks above are
 	// the boundary. It waits up to wait_ms for the process to exit (a WARNING
 	// in the log when it does not).
-	static const Oid types[2] = {INT4OID, INT8OID};
-	Datum values[2] = {Int32GetDatum(facts.session_pid), Int64GetDatum(wait_ms)};
-	spi::Run(spi::Plan("SELECT pg_catalog.pg_terminate_backend($1, $2)", 2, types), values, nullptr, false);
+	// The start is checked again in the same statement: the pid alone could
+	// be another session's by now.
+	static const Oid types[3] = {INT4OID, INT8OID, TIMESTAMPTZOID};
+	Datum values[3] = {Int32GetDatum(facts.session_pid), Int64GetDatum(wait_ms),
+	                   TimestampTzGetDatum(facts.backend_start)};
+	spi::Run(spi::Plan("SELECT pg_catalog.pg_terminate_backend(s.pid, $2) "
+	                   "FROM pg_catalog.pg_stat_get_activity($1) s "
+	                   "WHERE s.backend_start OPERATOR(pg_catalog.=) $3",
+	                   3, types),
+	         values, nullptr, false);
 	bool isnull = true;
 	bool exited = SPI_processed > 0 && DatumGetBool(spi::Column(0, 1, &isnull)) && !isnull && wait_ms > 0;
 	elog(LOG, "worker_heartbeat reaper: terminated backend %d of worker \"%s\", dead by timeout%s", facts.session_pid,

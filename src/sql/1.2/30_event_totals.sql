@@ -45,7 +45,7 @@ BEGIN
         IF r.grantee OPERATOR(pg_catalog.=) 0 THEN
             EXECUTE 'GRANT SELECT ON @extschema@.worker_event_totals TO PUBLIC';
         ELSE
-            EXECUTE pg_catalog.format('GRANT SELECT ON @extschema@.worker_event_totals TO %I',
+            EXECUTE pg_catalog.format('GRANT SELECT ON @extschema@.worker_event_totals TO %s',
                                       r.grantee::pg_catalog.regrole);
         END IF;
     END LOOP;

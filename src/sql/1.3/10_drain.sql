@@ -129,7 +129,7 @@ BEGIN
            AND a.grantee OPERATOR(pg_catalog.<>) 0
     LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.heartbeat(text, text, text, uuid, text, '
-                                  'timestamptz, jsonb, boolean) TO %I', r.grantee::pg_catalog.regrole);
+                                  'timestamptz, jsonb, boolean) TO %s', r.grantee::pg_catalog.regrole);
     END LOOP;
     FOR r IN
         SELECT DISTINCT a.grantee
@@ -139,7 +139,7 @@ BEGIN
            AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
            AND a.grantee OPERATOR(pg_catalog.<>) 0
     LOOP
-        EXECUTE pg_catalog.format('GRANT SELECT ON @extschema@.worker_fleet, @extschema@.worker_directives TO %I',
+        EXECUTE pg_catalog.format('GRANT SELECT ON @extschema@.worker_fleet, @extschema@.worker_directives TO %s',
                                   r.grantee::pg_catalog.regrole);
     END LOOP;
 END
