@@ -188,7 +188,22 @@ $node->safe_psql('from12', q{
 $node->command_ok([ 'psql', '-X', '-q', '-d', $node->connstr('from12'), '-v', 'schema=pm_pipeline',
 		'-v', 'worker_role=wh_up_worker', '-v', 'monitor_role=wh_up_monitor', '-v', 'create_roles=1',
 		'-f', "$FindBin::Bin/../../docs/grants.sql" ], 'docs/grants.sql on 1.2');
+# A role whose name needs quotes: the update copies its grants by name
+# (regrole's output is already quoted; quoting it again named no role and
+# ALTER EXTENSION UPDATE failed).
+$node->safe_psql('from12', q{
+	CREATE ROLE "Ops-Worker";
+	GRANT USAGE ON SCHEMA pm_pipeline TO "Ops-Worker";
+	GRANT EXECUTE ON FUNCTION pm_pipeline.upsert_worker_heartbeat(text, text, text, uuid, text, timestamptz, jsonb, boolean)
+	    TO "Ops-Worker";
+	GRANT SELECT ON pm_pipeline.worker_liveness TO "Ops-Worker";
+});
 $node->safe_psql('from12', 'ALTER EXTENSION worker_heartbeat UPDATE');
+is($node->safe_psql('from12', q{
+	SELECT has_function_privilege('Ops-Worker',
+	           'pm_pipeline.heartbeat(text, text, text, uuid, text, timestamptz, jsonb, boolean)', 'EXECUTE')
+	    AND has_table_privilege('Ops-Worker', 'pm_pipeline.worker_fleet', 'SELECT')}), 't',
+	'1.2 -> 1.3: grants copied to a role whose name needs quotes');
 is($node->safe_psql('from12', q{SET ROLE wh_up_worker; SELECT pm_pipeline.heartbeat('up-1', 'up')}), 'run',
 	'1.2 -> 1.3: the worker role may call heartbeat()');
 is($node->safe_psql('from12', q{SELECT pm_pipeline.drain_workers(p_worker_id => 'up-1')}), '1',
@@ -207,7 +222,7 @@ for my $role (qw(wh_up_worker wh_up_monitor))
 	like($err, qr/permission denied for function resume_workers/, "1.2 -> 1.3: $role may not resume");
 }
 $node->safe_psql('postgres', 'DROP DATABASE from12 WITH (FORCE)');
-$node->safe_psql('postgres', 'DROP ROLE wh_up_worker; DROP ROLE wh_up_monitor;');
+$node->safe_psql('postgres', 'DROP ROLE wh_up_worker; DROP ROLE wh_up_monitor; DROP ROLE "Ops-Worker";');
 
 $node->stop;
 done_testing();
