@@ -221,15 +221,15 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	char *sql = psprintf(
 	    "INSERT INTO %s (occurred_at, event, worker_id, worker_type, table_name, details, "
 	    "released_count, silent_for, detection_latency) "
-	    "SELECT $1, u.event, u.worker_id, u.worker_type, u.table_name, u.details::pg_catalog.jsonb, "
-	    "u.released_count, u.silent_for, u.detection_latency "
-	    "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
-	    "pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) "
-	    "AS u(event, worker_id, worker_type, table_name, details, released_count, silent_for, "
-	    "detection_latency) RETURNING event_id",
+	    "SELECT $1, pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
+	    "pg_catalog.unnest($6)::pg_catalog.jsonb, pg_catalog.unnest($7), pg_catalog.unnest($8), "
+	    "pg_catalog.unnest($9) RETURNING event_id",
 	    catalog::Qualified(ext, "worker_events"));
 	spi::Run(spi::Plan(sql, 9, types), args, nullptr, false);
-	// INSERT ... SELECT returns its rows in the order of the unnest().
+	// The unnest()s of the select list run in step (arrays of one length)
+	// and stream their rows, where ROWS FROM in FROM first copied all of
+	// them into a tuplestore. INSERT ... SELECT returns its rows in the order
+	// of the unnest().
 	bool ids_known = SPI_processed == static_cast<uint64>(n);
 	bool minimal = settings::notify_payload == settings::kNotifyMinimal;
 	// ISO 8601, as to_json() writes it, so that any client parses it.

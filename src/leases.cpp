@@ -319,6 +319,174 @@ void FillAssignmentParams(const Assignment *list, int count, Oid *types, Datum *
 	}
 }
 
+// The leases_released event of one holder's rows in t (and lease_exhausted
+// for those released on their last attempt). h: the holder's entry in
+// options, NULL when not among them (an expired lease).
+void AddReleaseEvents(const Table &t, bool by_worker, const ReleaseOptions &options, const Holder *h,
+                      const char *holder, int count, int exhausted, events::Batch *batch)
+{
+	events::Event e{};
+	e.event = "leases_released";
+	e.worker_id = holder;
+	e.table_name = t.label;
+	e.released_count = count;
+	e.silent_for_us = h ? h->silent_for_us : -1;
+	e.latency_us = h ? h->latency_us : -1;
+	e.reason = by_worker ? options.reason : "lease_expired";
+	batch->Add(e);
+	if (exhausted > 0) {
+		e.event = "lease_exhausted";
+		e.released_count = exhausted;
+		e.silent_for_us = -1;
+		e.latency_us = -1;
+		batch->Add(e);
+	}
+}
+
+// --- the direct release of dead holders' rows ------------------------------
+//
+// The careful path below (lock the rows SKIP LOCKED, update them by ctid
+// joined to what the lock found, count the rows left) makes three passes over
+// the rows and writes a lock record for each before its update. When nobody
+// else holds those rows, which is nearly always (their holders are dead), two
+// statements do: read the rows (no lock), then update exactly those ctids,
+// still held by a holder and still with no locker:
+//  - a row with a locker or an updater in its xmax (in progress or not: a
+//    lock-only xmax stays after its transaction) sends the table to the
+//    careful path before anything is written, which skips a row held locked
+//    exactly as before;
+//  - the update checks xmax again (a lock taken after the read); a row locked
+//    between that check and its update is waited for at most
+//    kDirectLockTimeoutMs, after which the update is rolled back (its own
+//    subtransaction) and the careful path runs instead;
+//  - the counts per holder come from the read; if the update did not update
+//    every row read (one changed in between), the subtransaction is rolled
+//    back and the careful path runs, so that the events stay exact.
+// The tables with an attempt limit need the exhausted flag of each row, which
+// the read gives as well.
+constexpr int kDirectLockTimeoutMs = 10;
+
+char *DirectReadStatement(const Table &t)
+{
+	const char *exhausted =
+	    CanExhaust(t) ? psprintf("(s.%s OPERATOR(pg_catalog.>=) $%d)", t.attempts_column, ExhaustedParam(t)) : "false";
+	return psprintf("SELECT s.ctid, s.%s::pg_catalog.text, %s, s.xmax OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid "
+	                "FROM %s s WHERE %s",
+	                t.worker_column, exhausted, t.qualified, ReleaseCondition(t, true));
+}
+
+// Parameter first: the ctids read.
+char *DirectUpdateStatement(const Table &t, int first)
+{
+	return psprintf("UPDATE %s t SET %s WHERE t.ctid OPERATOR(pg_catalog.=) ANY ($%d) AND t.%s::pg_catalog.text "
+	                "OPERATOR(pg_catalog.=) ANY ($1) AND t.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid",
+	                t.qualified, ReleaseSetList(t), first, t.worker_column);
+}
+
+// Tables whose direct release hit a lock recently: the careful path for a
+// minute, rather than a wait in every pass (reaper-local, a few entries).
+struct DirectBlocked {
+	Oid relid;
+	TimestampTz until;
+};
+constexpr int kDirectBlockedSlots = 16;
+DirectBlocked direct_blocked[kDirectBlockedSlots];
+
+bool DirectAllowed(Oid relid, TimestampTz now)
+{
+	for (const DirectBlocked &b : direct_blocked)
+		if (b.relid == relid && now < b.until)
+			return false;
+	return true;
+}
+
+void BlockDirect(Oid relid, TimestampTz now)
+{
+	DirectBlocked *slot = &direct_blocked[0];
+	for (DirectBlocked &b : direct_blocked) {
+		if (b.relid == relid) {
+			slot = &b;
+			break;
+		}
+		if (b.until < slot->until)
+			slot = &b; // the oldest entry makes room
+	}
+	*slot = DirectBlocked{relid, now + 60 * USECS_PER_SEC};
+}
+
+// Releases the holders' rows of t directly. Returns -1 when the careful path
+// must run instead (nothing changed then), else the number released, with
+// their events added to batch. types/values/nulls: the statement parameters
+// of RunRelease ($1 the holders, nargs of them), with room for one more.
+int ReleaseDirect(const Table &t, const ReleaseOptions &options, int nargs, Oid *types, Datum *values, char *nulls,
+                  events::Batch *batch, int *requeued)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	if (!DirectAllowed(t.relid, now))
+		return -1;
+	spi::Run(spi::Plan(DirectReadStatement(t), nargs, types), values, nulls, false);
+	int rows = static_cast<int>(SPI_processed);
+	if (rows == 0)
+		return 0;
+	// Per holder (options.holders is sorted): rows and exhausted rows.
+	auto *counts = static_cast<int *>(palloc0(sizeof(int) * options.holder_count * 2));
+	auto *ctids = static_cast<Datum *>(palloc(sizeof(Datum) * rows));
+	auto *tids = static_cast<ItemPointerData *>(palloc(sizeof(ItemPointerData) * rows));
+	for (int row = 0; row < rows; ++row) {
+		bool isnull = false;
+		ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(spi::Column(row, 1, &isnull))), &tids[row]);
+		ctids[row] = PointerGetDatum(&tids[row]);
+		Datum locked = spi::Column(row, 4, &isnull);
+		if (isnull || DatumGetBool(locked))
+			return -1; // someone locks or locked it: the careful path skips or takes it
+		const Holder *h = FindHolder(options, spi::ColumnText(row, 2));
+		if (!h)
+			return -1; // cannot happen (the read matched a holder); be careful anyway
+		int index = static_cast<int>(h - options.holders);
+		counts[index * 2]++;
+		Datum exhausted = spi::Column(row, 3, &isnull);
+		if (!isnull && DatumGetBool(exhausted))
+			counts[index * 2 + 1]++;
+	}
+	types[nargs] = TIDARRAYOID;
+	values[nargs] =
+	    PointerGetDatum(construct_array(ctids, rows, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+	nulls[nargs] = ' ';
+	nulls[nargs + 1] = '\0';
+	SPIPlanPtr update = spi::Plan(DirectUpdateStatement(t, nargs + 1), nargs + 1, types);
+
+	bool complete = false;
+	ErrorData *error = TrySubtransaction(&complete, [&]() {
+		int nest = NewGUCNestLevel();
+		char timeout[32];
+		snprintf(timeout, sizeof timeout, "%dms", Min(kDirectLockTimeoutMs, settings::pass_lock_timeout_ms));
+		(void)set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		// Each row fetched by its ctid (as in UpdateStatement).
+		(void)set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		spi::Run(update, values, nulls, false);
+		AtEOXact_GUC(true, nest);
+		return SPI_processed == static_cast<uint64>(rows); // else undone: the careful path runs
+	});
+	if (error) {
+		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			ReThrowError(error);
+		FreeErrorData(error);
+		BlockDirect(t.relid, now);
+	}
+	nulls[nargs] = '\0';
+	if (!complete)
+		return -1;
+	for (int i = 0; i < options.holder_count; ++i) {
+		int count = counts[i * 2];
+		if (count == 0)
+			continue;
+		*requeued += count - counts[i * 2 + 1];
+		AddReleaseEvents(t, true, options, &options.holders[i], options.holders[i].worker_id, count, counts[i * 2 + 1],
+		                 batch);
+	}
+	return rows;
+}
+
 // Returns the number of leases released; *requeued counts those that went
 // back to the queue (held by someone, not exhausted), *skipped those left
 // because another transaction held them locked (a later pass retries them).
@@ -342,6 +510,11 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		nulls[nargs - 1] = ' ';
 	}
 	nulls[nargs] = '\0';
+	if (by_worker) {
+		int released = ReleaseDirect(t, options, nargs, types, values, nulls, batch, requeued);
+		if (released >= 0)
+			return released;
+	}
 	spi::Run(spi::Plan(PickStatement(t, by_worker), nargs, types), values, nulls, false);
 	int picked = static_cast<int>(SPI_processed);
 	int released = 0;
@@ -386,23 +559,7 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 			if (!holder && !by_worker)
 				continue; // an expired deadline on a row nobody held: cleared, not an event
 			*requeued += count - exhausted;
-			const Holder *h = FindHolder(options, holder);
-			events::Event e{};
-			e.event = "leases_released";
-			e.worker_id = holder;
-			e.table_name = t.label;
-			e.released_count = count;
-			e.silent_for_us = h ? h->silent_for_us : -1;
-			e.latency_us = h ? h->latency_us : -1;
-			e.reason = by_worker ? options.reason : "lease_expired";
-			batch->Add(e);
-			if (exhausted > 0) {
-				e.event = "lease_exhausted";
-				e.released_count = exhausted;
-				e.silent_for_us = -1;
-				e.latency_us = -1;
-				batch->Add(e);
-			}
+			AddReleaseEvents(t, by_worker, options, FindHolder(options, holder), holder, count, exhausted, batch);
 		}
 	}
 	nulls[nargs] = '\0';

@@ -67,6 +67,40 @@ int EnterPassSettings(bool safe_search_path);
 void CommitSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner);
 ErrorData *AbandonSubtransaction(MemoryContext outer_context, ResourceOwner outer_owner);
 
+// Runs fn() in an internal subtransaction, committed when fn returns true and
+// rolled back when it returns false (*kept tells which). Returns the error
+// fn raised, the subtransaction rolled back (in the caller's memory context:
+// FreeErrorData it), nullptr when fn returned. fn's SPI results outlive the
+// subtransaction.
+template <typename Fn> ErrorData *TrySubtransaction(bool *kept, Fn fn)
+{
+	MemoryContext outer_context = CurrentMemoryContext;
+	ResourceOwner outer_owner = CurrentResourceOwner;
+	ErrorData *volatile error = nullptr;
+	volatile bool keep = false;
+	BeginInternalSubTransaction(nullptr);
+	MemoryContextSwitchTo(outer_context);
+	PG_TRY();
+	{
+		keep = fn();
+		if (keep) {
+			CommitSubtransaction(outer_context, outer_owner);
+		} else {
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(outer_context);
+			CurrentResourceOwner = outer_owner;
+		}
+	}
+	PG_CATCH();
+	{
+		keep = false;
+		error = AbandonSubtransaction(outer_context, outer_owner);
+	}
+	PG_END_TRY();
+	*kept = keep;
+	return error;
+}
+
 // The registration of relid, NULL when it is not registered. Read as the
 // extension's owner (the fencing functions run with the caller's rights).
 const Table *FindTable(const catalog::Extension &ext, Oid relid);

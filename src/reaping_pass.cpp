@@ -143,28 +143,19 @@ struct Bounded {
 // (SPI_tuptable) outlive the subtransaction.
 bool RunBounded(SPIPlanPtr plan, const Datum *values, bool read_only)
 {
-	MemoryContext outer_context = CurrentMemoryContext;
-	ResourceOwner outer_owner = CurrentResourceOwner;
-	volatile bool done = true;
-	BeginInternalSubTransaction(nullptr);
-	MemoryContextSwitchTo(outer_context);
-	PG_TRY();
-	{
+	bool done = false;
+	ErrorData *error = leases::TrySubtransaction(&done, [&]() {
 		int nest = leases::EnterPassSettings(false); // our statements are fully qualified
 		spi::Run(plan, values, nullptr, read_only);
 		AtEOXact_GUC(true, nest);
-		leases::CommitSubtransaction(outer_context, outer_owner);
-	}
-	PG_CATCH();
-	{
-		ErrorData *error = leases::AbandonSubtransaction(outer_context, outer_owner);
+		return true;
+	});
+	if (error) {
 		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			ReThrowError(error);
 		elog(DEBUG1, "worker_heartbeat: pass statement gave up waiting for a lock: %s", error->message);
 		FreeErrorData(error);
-		done = false;
 	}
-	PG_END_TRY();
 	return done;
 }
 
