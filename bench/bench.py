@@ -51,7 +51,7 @@ FULL = dict(
     hb_workers=1000, hb_clients=8, hb_total=1_000_000,   # heartbeats for fig 1-3
     hb_rounds=2, hb_secs=6, topup_clients=16,
     reap_workers=100_000, reap_rows=1_000_000, reap_tables=4, reap_dead=1000,
-    reap_idle_reps=21, reap_dead_reps=3, reaper_idle_passes=10,
+    reap_idle_reps=21, reap_dead_reps=7, reaper_idle_passes=10,
     kills=20, deadline_kills=5, deadline_s=2, deadline_beat_s=0.5,
     claim_rows=100_000, claim_clients=8, claim_secs=5, claim_rounds=4,
     claim_hb_workers=1000, claim_hb_interval_s=10,

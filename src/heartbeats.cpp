@@ -616,7 +616,7 @@ int CleanupStale(const catalog::Extension &ext, int64 threshold_us)
 	                            "DELETE FROM %s w USING doomed WHERE w.ctid OPERATOR(pg_catalog.=) doomed.ctid "
 	                            "RETURNING w.worker_id, w.worker_type",
 	                            table, table);
-	spi::Run(spi::Plan(delete_sql, 2, delete_types), delete_values, nullptr, false);
+	spi::Run(spi::Plan(delete_sql, 2, delete_types, keep > spi::kCustomPlanAbove), delete_values, nullptr, false);
 	int removed = static_cast<int>(SPI_processed);
 	events::Batch *batch = events::Batch::Create();
 	for (int i = 0; i < removed; ++i) {

@@ -424,7 +424,8 @@ int ReleaseDirect(const Table &t, const ReleaseOptions &options, int nargs, Oid 
 	TimestampTz now = GetCurrentTimestamp();
 	if (!DirectAllowed(t.relid, now))
 		return -1;
-	spi::Run(spi::Plan(DirectReadStatement(t), nargs, types), values, nulls, false);
+	const bool custom = options.holder_count > spi::kCustomPlanAbove;
+	spi::Run(spi::Plan(DirectReadStatement(t), nargs, types, custom), values, nulls, false);
 	int rows = static_cast<int>(SPI_processed);
 	if (rows == 0)
 		return 0;
@@ -453,7 +454,7 @@ int ReleaseDirect(const Table &t, const ReleaseOptions &options, int nargs, Oid 
 	    PointerGetDatum(construct_array(ctids, rows, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
 	nulls[nargs] = ' ';
 	nulls[nargs + 1] = '\0';
-	SPIPlanPtr update = spi::Plan(DirectUpdateStatement(t, nargs + 1), nargs + 1, types);
+	SPIPlanPtr update = spi::Plan(DirectUpdateStatement(t, nargs + 1), nargs + 1, types, custom);
 
 	bool complete = false;
 	ErrorData *error = TrySubtransaction(&complete, [&]() {
@@ -515,7 +516,9 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		if (released >= 0)
 			return released;
 	}
-	spi::Run(spi::Plan(PickStatement(t, by_worker), nargs, types), values, nulls, false);
+	// The holders' array is tested per row: planned with its values when long.
+	const bool custom = by_worker && options.holder_count > spi::kCustomPlanAbove;
+	spi::Run(spi::Plan(PickStatement(t, by_worker), nargs, types, custom), values, nulls, false);
 	int picked = static_cast<int>(SPI_processed);
 	int released = 0;
 	if (picked > 0) {
@@ -563,7 +566,7 @@ int RunRelease(const Table &t, bool by_worker, Datum holders, const ReleaseOptio
 		}
 	}
 	nulls[nargs] = '\0';
-	spi::Run(spi::Plan(LeftStatement(t, by_worker), nargs, types), values, nulls, false);
+	spi::Run(spi::Plan(LeftStatement(t, by_worker), nargs, types, custom), values, nulls, false);
 	bool isnull = true;
 	int left = SPI_processed > 0 ? DatumGetInt32(spi::Column(0, 1, &isnull)) : 0;
 	*skipped += isnull ? 0 : left;
@@ -1150,7 +1153,7 @@ bool *HoldsAnyLease(const catalog::Extension &ext, Datum *worker_ids, int count)
 				                     "WHERE s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)",
 				                     t.worker_column, t.qualified, t.worker_column);
 				Datum values[1] = {ids};
-				spi::Run(spi::Plan(sql, 1, types), values, nullptr, true);
+				spi::Run(spi::Plan(sql, 1, types, count > spi::kCustomPlanAbove), values, nullptr, true);
 				for (uint64 row = 0; row < SPI_processed; ++row) {
 					char *holder = spi::ColumnText(static_cast<int>(row), 1);
 					for (int k = 0; holder && k < count; ++k)

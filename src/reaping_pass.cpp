@@ -238,7 +238,7 @@ void FlushHeartbeats(const catalog::Extension &ext, Bounded *bounded)
 	    "UPDATE %s w SET last_heartbeat_at = l.beat FROM l "
 	    "WHERE w.worker_id OPERATOR(pg_catalog.=) l.worker_id AND w.last_heartbeat_at OPERATOR(pg_catalog.<) l.beat",
 	    table, kLive, table);
-	if (!RunBounded(spi::Plan(sql, 2, types), values, false))
+	if (!RunBounded(spi::Plan(sql, 2, types, pending.count > spi::kCustomPlanAbove), values, false))
 		bounded->skipped++;
 }
 
@@ -440,7 +440,7 @@ void FindTimeoutDeaths(const catalog::Extension &ext, TimestampTz now, bool full
 	    table, kLive, deadline, deadline);
 	int skipped = 1;
 	uint64 rows = 0;
-	if (RunBounded(spi::Plan(mark_sql, 4, mark_types), mark_values, false))
+	if (RunBounded(spi::Plan(mark_sql, 4, mark_types, dead > spi::kCustomPlanAbove), mark_values, false))
 		skipped = TakeSkippedRow(10, &rows);
 	if (skipped > 0) {
 		bounded->skipped += skipped;

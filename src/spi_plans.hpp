@@ -12,7 +12,15 @@
 namespace wh::spi
 {
 
-SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes);
+//
+// custom: planned again at each execution with the parameters' values. For
+// statements given a large array: a generic plan (what a kept plan becomes
+// after five executions) tests "x = ANY ($1)" against a parameter by a linear
+// search per row, where a planned constant array gets a hash table. In the
+// long-lived reaper a pass declaring 40,000 workers dead took 16 minutes so.
+SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes, bool custom = false);
+// Arrays longer than this are planned with their values (custom).
+constexpr int kCustomPlanAbove = 32;
 // Frees the plans unused for a while (at most once a minute; never while one
 // of our plans is running).
 void ForgetUnusedPlans();
