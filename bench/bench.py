@@ -997,8 +997,13 @@ def revive_doomed(c, P):
 
 
 def relet_dead_rows(c, t, nw):
-    c.execute("UPDATE pm_pipeline.{t} SET state = 'claimed', claimed_by = 'r' || ((id - 1) %% %s + 1), "
-              "lease_expires_at = now() + interval '1 hour' WHERE claimed_by IS NULL".format(t=t), (nw,))
+    # As a claim does it: the rows locked FOR UPDATE, then updated, by one
+    # transaction, which leaves its lock in each new version's xmax (the
+    # direct release must see through a finished locker, as in production).
+    c.execute("UPDATE pm_pipeline.{t} q SET state = 'claimed', claimed_by = 'r' || ((q.id - 1) %% %s + 1), "
+              "lease_expires_at = now() + interval '1 hour' "
+              "FROM (SELECT id FROM pm_pipeline.{t} WHERE claimed_by IS NULL FOR UPDATE) s "
+              "WHERE q.id = s.id".format(t=t), (nw,))
 
 
 def fig_reap_seed(P, R):

@@ -39,6 +39,20 @@ SELECT count(*) AS still_held FROM public.rp_queue WHERE claimed_by = 'rp-1';
 SELECT released_count FROM pm_pipeline.worker_events
  WHERE event = 'leases_released' AND worker_id = 'rp-1';
 ROLLBACK;
+-- Rows leased the usual way, locked FOR UPDATE and updated by one
+-- transaction, keep that lock in their xmax after it commits. A finished
+-- locker holds nothing: the direct release still runs (one index scan, the
+-- read; the careful path makes two, the pick and the count of rows left).
+UPDATE public.rp_queue q SET lease_expires_at = now() + interval '2 hours'
+  FROM (SELECT id FROM public.rp_queue WHERE claimed_by = 'rp-4' FOR UPDATE) s WHERE q.id = s.id;
+BEGIN;
+SELECT idx_scan AS idx_before, n_tup_upd AS upd_before
+  FROM pg_stat_xact_user_tables WHERE relid = 'public.rp_queue'::regclass \gset
+SELECT pm_pipeline.stop_worker('rp-4');
+SELECT idx_scan - :idx_before AS index_scans, n_tup_upd - :upd_before AS rows_updated
+  FROM pg_stat_xact_user_tables WHERE relid = 'public.rp_queue'::regclass;
+SELECT count(*) AS still_held FROM public.rp_queue WHERE claimed_by = 'rp-4';
+ROLLBACK;
 -- Rows someone locked go the careful path (lock SKIP LOCKED, then update),
 -- all of them still released and counted: a lock-only xmax left by a
 -- committed FOR SHARE, and the releasing transaction's own FOR UPDATE.

@@ -22,6 +22,9 @@ extern "C" {
 #include "catalog/pg_index.h"
 #include "utils/syscache.h"
 #include "commands/async.h"
+#include "access/transam.h"
+#include "storage/procarray.h"
+#include "utils/snapmgr.h"
 }
 
 namespace wh::leases
@@ -189,6 +192,9 @@ int EnterPassSettings(bool safe_search_path)
 	char timeout[32];
 	snprintf(timeout, sizeof timeout, "%dms", settings::pass_lock_timeout_ms);
 	(void)set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	// A role's or database's plan_cache_mode = force_generic_plan would
+	// override the custom plans of statements with long arrays (spi_plans.hpp).
+	(void)set_config_option("plan_cache_mode", "auto", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (safe_search_path)
 		(void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
 		                        0, false);
@@ -350,36 +356,39 @@ void AddReleaseEvents(const Table &t, bool by_worker, const ReleaseOptions &opti
 // the rows and writes a lock record for each before its update. When nobody
 // else holds those rows, which is nearly always (their holders are dead), two
 // statements do: read the rows (no lock), then update exactly those ctids,
-// still held by a holder and still with no locker:
-//  - a row with a locker or an updater in its xmax (in progress or not: a
-//    lock-only xmax stays after its transaction) sends the table to the
-//    careful path before anything is written, which skips a row held locked
-//    exactly as before;
-//  - the update checks xmax again (a lock taken after the read); a row locked
-//    between that check and its update is waited for at most
+// still held by a holder:
+//  - a row whose xmax names a transaction still running (a locker or an
+//    updater) sends the table to the careful path before anything is
+//    written, which skips it exactly as before. A finished one is no locker:
+//    a claim locks its row FOR UPDATE and then updates it, and PostgreSQL
+//    keeps that lock in the new version's xmax after the commit, so nearly
+//    every leased row has one;
+//  - a row locked between the read and the update is waited for at most
 //    kDirectLockTimeoutMs, after which the update is rolled back (its own
 //    subtransaction) and the careful path runs instead;
 //  - the counts per holder come from the read; if the update did not update
-//    every row read (one changed in between), the subtransaction is rolled
-//    back and the careful path runs, so that the events stay exact.
-// The tables with an attempt limit need the exhausted flag of each row, which
-// the read gives as well.
+//    every row read (one changed in between, or a trigger or policy of the
+//    table skipped it), it is rolled back and the careful path runs, so that
+//    the events stay exact.
+// After a lock timeout or a short count the table takes the careful path for
+// a minute (BlockDirect): a table whose triggers skip rows would otherwise
+// run its triggers twice in every pass. The tables with an attempt limit need
+// the exhausted flag of each row, which the read gives as well.
 constexpr int kDirectLockTimeoutMs = 10;
 
 char *DirectReadStatement(const Table &t)
 {
 	const char *exhausted =
 	    CanExhaust(t) ? psprintf("(s.%s OPERATOR(pg_catalog.>=) $%d)", t.attempts_column, ExhaustedParam(t)) : "false";
-	return psprintf("SELECT s.ctid, s.%s::pg_catalog.text, %s, s.xmax OPERATOR(pg_catalog.<>) '0'::pg_catalog.xid "
-	                "FROM %s s WHERE %s",
-	                t.worker_column, exhausted, t.qualified, ReleaseCondition(t, true));
+	return psprintf("SELECT s.ctid, s.%s::pg_catalog.text, %s, s.xmax FROM %s s WHERE %s", t.worker_column, exhausted,
+	                t.qualified, ReleaseCondition(t, true));
 }
 
 // Parameter first: the ctids read.
 char *DirectUpdateStatement(const Table &t, int first)
 {
 	return psprintf("UPDATE %s t SET %s WHERE t.ctid OPERATOR(pg_catalog.=) ANY ($%d) AND t.%s::pg_catalog.text "
-	                "OPERATOR(pg_catalog.=) ANY ($1) AND t.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid",
+	                "OPERATOR(pg_catalog.=) ANY ($1)",
 	                t.qualified, ReleaseSetList(t), first, t.worker_column);
 }
 
@@ -414,6 +423,22 @@ void BlockDirect(Oid relid, TimestampTz now)
 	*slot = DirectBlocked{relid, now + 60 * USECS_PER_SEC};
 }
 
+// A row's xmax (read from SQL, without its infomask) names a transaction
+// that may still lock or update it. xmax may also be a MultiXactId, which
+// SQL does not tell apart: a value past the next transaction id is taken as
+// running (careful path); one that looks finished makes the update meet the
+// lock, wait kDirectLockTimeoutMs and fall back.
+bool LockerMayBeRunning(TransactionId xmax)
+{
+	if (!TransactionIdIsValid(xmax))
+		return false;
+	if (TransactionIdPrecedes(xmax, TransactionXmin))
+		return false; // finished before this transaction's first snapshot
+	if (!TransactionIdPrecedes(xmax, XidFromFullTransactionId(ReadNextFullTransactionId())))
+		return true; // no transaction id yet: a MultiXactId
+	return TransactionIdIsInProgress(xmax);
+}
+
 // Releases the holders' rows of t directly. Returns -1 when the careful path
 // must run instead (nothing changed then), else the number released, with
 // their events added to batch. types/values/nulls: the statement parameters
@@ -437,9 +462,9 @@ int ReleaseDirect(const Table &t, const ReleaseOptions &options, int nargs, Oid 
 		bool isnull = false;
 		ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(spi::Column(row, 1, &isnull))), &tids[row]);
 		ctids[row] = PointerGetDatum(&tids[row]);
-		Datum locked = spi::Column(row, 4, &isnull);
-		if (isnull || DatumGetBool(locked))
-			return -1; // someone locks or locked it: the careful path skips or takes it
+		Datum xmax = spi::Column(row, 4, &isnull);
+		if (!isnull && LockerMayBeRunning(DatumGetTransactionId(xmax)))
+			return -1; // someone holds it: the careful path skips it
 		const Holder *h = FindHolder(options, spi::ColumnText(row, 2));
 		if (!h)
 			return -1; // cannot happen (the read matched a holder); be careful anyway
@@ -462,8 +487,10 @@ int ReleaseDirect(const Table &t, const ReleaseOptions &options, int nargs, Oid 
 		char timeout[32];
 		snprintf(timeout, sizeof timeout, "%dms", Min(kDirectLockTimeoutMs, settings::pass_lock_timeout_ms));
 		(void)set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		// Each row fetched by its ctid (as in UpdateStatement).
-		(void)set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		// Each row fetched by its ctid (as in UpdateStatement), not found again
+		// through the worker column's index: a TID scan is always possible here.
+		for (const char *scan : {"enable_seqscan", "enable_indexscan", "enable_bitmapscan"})
+			(void)set_config_option(scan, "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		spi::Run(update, values, nulls, false);
 		AtEOXact_GUC(true, nest);
 		return SPI_processed == static_cast<uint64>(rows); // else undone: the careful path runs
@@ -472,8 +499,9 @@ int ReleaseDirect(const Table &t, const ReleaseOptions &options, int nargs, Oid 
 		if (error->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 			ReThrowError(error);
 		FreeErrorData(error);
-		BlockDirect(t.relid, now);
 	}
+	if (!complete)
+		BlockDirect(t.relid, now);
 	nulls[nargs] = '\0';
 	if (!complete)
 		return -1;

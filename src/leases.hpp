@@ -54,7 +54,7 @@ struct Table {
 // Every registration (or only relid's, InvalidOid: all), with its
 // assignments, in one statement.
 Table *LoadTables(const catalog::Extension &ext, int *count, Oid only);
-// lock_timeout = pass_lock_timeout (and, when asked, search_path =
+// lock_timeout = pass_lock_timeout, plan_cache_mode = auto (and, when asked, search_path =
 // pg_catalog, pg_temp: triggers and casts of the user's table run under it)
 // for the statements of a pass, undone by AtEOXact_GUC(true, <the returned
 // nest level>).
@@ -71,7 +71,7 @@ ErrorData *AbandonSubtransaction(MemoryContext outer_context, ResourceOwner oute
 // rolled back when it returns false (*kept tells which). Returns the error
 // fn raised, the subtransaction rolled back (in the caller's memory context:
 // FreeErrorData it), nullptr when fn returned. fn's SPI results outlive the
-// subtransaction.
+// subtransaction only when it is committed (a rollback frees them).
 template <typename Fn> ErrorData *TrySubtransaction(bool *kept, Fn fn)
 {
 	MemoryContext outer_context = CurrentMemoryContext;
