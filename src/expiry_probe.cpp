@@ -87,7 +87,7 @@ void OnNamespaceInvalidation(Datum, int, uint32)
 char *BuildProbeSql(const Table &t)
 {
 	return psprintf("SELECT EXISTS (SELECT 1 FROM %s s WHERE s.%s OPERATOR(pg_catalog.<) pg_catalog.now())",
-	                t.qualified, t.expires_column);
+	                t.relation, t.expires_column);
 }
 
 // A hash of the (ctid, xmin) of every row of lease_tables, which the caller
@@ -249,7 +249,7 @@ Table *KeepTables(const Table *tables, int count)
 		Table &t = copy[i];
 		t = tables[i];
 		t.label = Keep(t.label);
-		t.qualified = Keep(t.qualified);
+		t.relation = Keep(t.relation);
 		t.worker_column = Keep(t.worker_column);
 		t.expires_column = Keep(t.expires_column);
 		t.token_column = Keep(t.token_column);

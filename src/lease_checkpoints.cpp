@@ -183,7 +183,7 @@ Datum CheckpointLease(FunctionCallInfo fcinfo)
 	// waits for this row lock, or skips the row and retries.
 	char *sql = psprintf("UPDATE %s t SET %s = $2%s WHERE t.%s OPERATOR(pg_catalog.=) $1 AND t.%s IS NOT NULL "
 	                     "RETURNING t.%s",
-	                     t->qualified, quote_identifier(column),
+	                     t->relation, quote_identifier(column),
 	                     extend ? psprintf(", %s = pg_catalog.now() OPERATOR(pg_catalog.+) $3", t->expires_column) : "",
 	                     t->token_column, t->worker_column, t->expires_column);
 	Oid types[3] = {INT8OID, JSONBOID, INTERVALOID};

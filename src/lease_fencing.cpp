@@ -266,7 +266,7 @@ Datum *NewTokens(const Table &t, int n)
 	for (int i = 0; i < n; ++i)
 		tokens[i] = RandomToken();
 	char *sql = psprintf("SELECT s.%s FROM %s s WHERE s.%s OPERATOR(pg_catalog.=) ANY ($1)", t.token_column,
-	                     t.qualified, t.token_column);
+	                     t.relation, t.token_column);
 	Oid types[1] = {INT8ARRAYOID};
 	for (int attempt = 0;; ++attempt) {
 		if (attempt == 8)
@@ -326,7 +326,7 @@ uint64 LockLease(const Table &t, int64 token, const char *strength)
 	             "WHERE s.%s OPERATOR(pg_catalog.=) $1 AND s.%s IS NOT NULL FOR %s OF s",
 	             t.worker_column,
 	             exhaust ? psprintf("COALESCE(s.%s OPERATOR(pg_catalog.>=) $2, false)", t.attempts_column) : "false",
-	             t.qualified, t.token_column, t.worker_column, strength);
+	             t.relation, t.token_column, t.worker_column, strength);
 	Oid types[2] = {INT8OID, INT4OID};
 	Datum values[2] = {Int64GetDatum(token), Int32GetDatum(t.max_attempts)};
 	wh::spi::Run(wh::spi::Plan(sql, exhaust ? 2 : 1, types), values, nullptr, false);
@@ -377,7 +377,7 @@ Datum ClaimLeases(FunctionCallInfo fcinfo, Oid relid, Oid argtype)
 		// 1. Pick and lock free rows, oldest first, skipping rows others hold locked.
 		StringInfoData pick;
 		initStringInfo(&pick);
-		appendStringInfo(&pick, "SELECT s.ctid FROM %s s WHERE s.%s IS NULL", t->qualified, t->worker_column);
+		appendStringInfo(&pick, "SELECT s.ctid FROM %s s WHERE s.%s IS NULL", t->relation, t->worker_column);
 		for (int i = 0; i < filter_count; ++i)
 			if (filter[i].value)
 				appendStringInfo(&pick, " AND s.%s %s CAST($%d AS %s)", filter[i].column, EqualityOperator(filter[i]),
@@ -416,7 +416,7 @@ Datum ClaimLeases(FunctionCallInfo fcinfo, Oid relid, Oid argtype)
 		appendStringInfo(&claim,
 		                 "WITH claimed AS (UPDATE %s %s SET %s = $1, %s = pg_catalog.now() OPERATOR(pg_catalog.+) $2, "
 		                 "%s = u.token",
-		                 t->qualified, alias, t->worker_column, t->expires_column, t->token_column);
+		                 t->relation, alias, t->worker_column, t->expires_column, t->token_column);
 		if (t->attempts_column)
 			appendStringInfo(&claim, ", %s = COALESCE(%s.%s, 0) OPERATOR(pg_catalog.+) 1", t->attempts_column, alias,
 			                 t->attempts_column);
@@ -486,7 +486,7 @@ Datum ExtendLease(FunctionCallInfo fcinfo)
 		const Table *t = RequireFencedTable(ext, relid);
 		char *sql = psprintf("UPDATE %s t SET %s = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
 		                     "WHERE t.%s OPERATOR(pg_catalog.=) $1 AND t.%s IS NOT NULL RETURNING t.%s",
-		                     t->qualified, t->expires_column, t->token_column, t->worker_column, t->expires_column);
+		                     t->relation, t->expires_column, t->token_column, t->worker_column, t->expires_column);
 		Oid types[2] = {INT8OID, INTERVALOID};
 		Datum values[2] = {Int64GetDatum(token), lease};
 		wh::spi::Run(wh::spi::Plan(sql, 2, types), values, nullptr, false);
@@ -515,7 +515,7 @@ Datum CompleteLease(FunctionCallInfo fcinfo)
 		StringInfoData sql;
 		initStringInfo(&sql);
 		// The token is cleared with the lease: it never becomes valid again.
-		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->qualified, t->worker_column,
+		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->relation, t->worker_column,
 		                 t->expires_column, t->token_column);
 		AppendAssignments(&sql, set, set_count, 2);
 		ClearCheckpoint(&sql, ext, *t, set, set_count);
@@ -577,7 +577,7 @@ Datum FailLease(FunctionCallInfo fcinfo)
 		StringInfoData sql;
 		initStringInfo(&sql);
 		// The token is cleared with the lease: it never becomes valid again.
-		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->qualified, t->worker_column,
+		appendStringInfo(&sql, "UPDATE %s t SET %s = NULL, %s = NULL, %s = NULL", t->relation, t->worker_column,
 		                 t->expires_column, t->token_column);
 		AppendAssignments(&sql, merged, count, 2);
 		appendStringInfoString(&sql, " WHERE t.ctid OPERATOR(pg_catalog.=) $1");

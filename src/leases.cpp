@@ -20,6 +20,7 @@ extern "C" {
 #include "access/table.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_inherits.h"
 #include "utils/syscache.h"
 #include "commands/async.h"
 #include "access/transam.h"
@@ -152,7 +153,7 @@ Table *LoadTables(const catalog::Extension &ext, int *count, Oid only)
 			t.exists = t.owner != InvalidOid;
 			const char *current = t.exists ? QualifiedName(relid) : nullptr;
 			t.label = current ? current : spi::ColumnText(row, 4);
-			t.qualified = current;
+			t.relation = current ? psprintf("ONLY %s", current) : nullptr;
 			t.worker_column = quote_identifier(spi::ColumnText(row, 2));
 			char *expires = spi::ColumnText(row, 3);
 			t.expires_column = quote_identifier(expires);
@@ -275,7 +276,7 @@ char *PickStatement(const Table &t, bool by_worker)
 	                                                 t.worker_column, t.attempts_column, ExhaustedParam(t))
 	                                      : "false";
 	return psprintf("SELECT s.ctid, s.%s::pg_catalog.text, %s FROM %s s WHERE %s FOR UPDATE OF s SKIP LOCKED",
-	                t.worker_column, exhausted, t.qualified, ReleaseCondition(t, by_worker));
+	                t.worker_column, exhausted, t.relation, ReleaseCondition(t, by_worker));
 }
 
 // 2. Release them, as a statement of its own: its snapshot sees the version
@@ -294,14 +295,14 @@ char *UpdateStatement(const Table &t, int first)
 	                " WHERE t.ctid OPERATOR(pg_catalog.=) u.row_ctid RETURNING u.holder, u.exhausted)"
 	                " SELECT holder, pg_catalog.count(*)::pg_catalog.int4,"
 	                " (pg_catalog.count(*) FILTER (WHERE exhausted))::pg_catalog.int4 FROM released GROUP BY holder",
-	                t.qualified, ReleaseSetList(t), first, first + 1, first + 2);
+	                t.relation, ReleaseSetList(t), first, first + 1, first + 2);
 }
 
 // 3. Rows still to release after 2: those another transaction held locked.
 // Run with read_only = false, so that its snapshot sees the update above.
 char *LeftStatement(const Table &t, bool by_worker)
 {
-	return psprintf("SELECT pg_catalog.count(*)::pg_catalog.int4 FROM %s s WHERE %s", t.qualified,
+	return psprintf("SELECT pg_catalog.count(*)::pg_catalog.int4 FROM %s s WHERE %s", t.relation,
 	                ReleaseCondition(t, by_worker));
 }
 
@@ -381,7 +382,7 @@ char *DirectReadStatement(const Table &t)
 	const char *exhausted =
 	    CanExhaust(t) ? psprintf("(s.%s OPERATOR(pg_catalog.>=) $%d)", t.attempts_column, ExhaustedParam(t)) : "false";
 	return psprintf("SELECT s.ctid, s.%s::pg_catalog.text, %s, s.xmax FROM %s s WHERE %s", t.worker_column, exhausted,
-	                t.qualified, ReleaseCondition(t, true));
+	                t.relation, ReleaseCondition(t, true));
 }
 
 // Parameter first: the ctids read.
@@ -389,7 +390,7 @@ char *DirectUpdateStatement(const Table &t, int first)
 {
 	return psprintf("UPDATE %s t SET %s WHERE t.ctid OPERATOR(pg_catalog.=) ANY ($%d) AND t.%s::pg_catalog.text "
 	                "OPERATOR(pg_catalog.=) ANY ($1)",
-	                t.qualified, ReleaseSetList(t), first, t.worker_column);
+	                t.relation, ReleaseSetList(t), first, t.worker_column);
 }
 
 // Tables whose direct release hit a lock recently: the careful path for a
@@ -1016,6 +1017,14 @@ void Register(const catalog::Extension &ext, const Registration &r)
 			                                                    "the whole table."
 			                                                  : "Every reaping pass will scan the whole table."),
 			                 errhint("CREATE INDEX ON %s (%s);", name, quote_identifier(column))));
+	// Every statement names the table ONLY (Table::relation): say so to whoever
+	// expects a parent to cover its children, as a query on it would.
+	if (find_inheritance_children(relid, NoLock) != NIL)
+		ereport(NOTICE, (errmsg("table %s has inheritance children", name),
+		                 errdetail("Leases are claimed, released and reaped in the rows of %s itself, never in "
+		                           "those of its children.",
+		                           name),
+		                 errhint("Register each child table that holds leases as well.")));
 	if (r.token_column && strlen(QueueChannel(relid)) >= NAMEDATALEN)
 		ereport(NOTICE, (errmsg("the name of table %s is too long for its NOTIFY channel", name),
 		                 errdetail("Channel names are limited to %d bytes: nothing is sent on \"%s\".", NAMEDATALEN - 1,
@@ -1179,7 +1188,7 @@ bool *HoldsAnyLease(const catalog::Extension &ext, Datum *worker_ids, int count)
 			AsRole(t.owner, SECURITY_RESTRICTED_OPERATION, [&]() {
 				char *sql = psprintf("SELECT DISTINCT s.%s::pg_catalog.text FROM %s s "
 				                     "WHERE s.%s::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)",
-				                     t.worker_column, t.qualified, t.worker_column);
+				                     t.worker_column, t.relation, t.worker_column);
 				Datum values[1] = {ids};
 				spi::Run(spi::Plan(sql, 1, types, count > spi::kCustomPlanAbove), values, nullptr, true);
 				for (uint64 row = 0; row < SPI_processed; ++row) {

@@ -32,8 +32,12 @@ struct Table {
 	Oid relid;
 	bool exists;
 	Oid owner;
-	const char *label;           // current qualified name, or the name it was registered under
-	const char *qualified;       // quoted schema.table
+	const char *label; // current qualified name, or the name it was registered under
+	// "ONLY schema.table" (quoted), as every statement names the table. ONLY:
+	// the statements find rows again by ctid, which is unique within one
+	// table, and a registration covers the table's own rows, never those of
+	// an inheritance child (a child is registered on its own).
+	const char *relation;
 	const char *worker_column;   // quoted
 	const char *expires_column;  // quoted
 	AttrNumber expires_attnum;   // InvalidAttrNumber: the table or the column is gone
