@@ -225,7 +225,7 @@ void Batch::Flush(const catalog::Extension &ext, TimestampTz at)
 	    "pg_catalog.unnest($6)::pg_catalog.jsonb, pg_catalog.unnest($7), pg_catalog.unnest($8), "
 	    "pg_catalog.unnest($9) RETURNING event_id",
 	    catalog::Qualified(ext, "worker_events"));
-	spi::Run(spi::Plan(sql, 9, types), args, nullptr, false);
+	spi::Run(spi::PlanGeneric(sql, 9, types), args, nullptr, false);
 	// The unnest()s of the select list run in step (arrays of one length)
 	// and stream their rows, where ROWS FROM in FROM first copied all of
 	// them into a tuplestore. INSERT ... SELECT returns its rows in the order

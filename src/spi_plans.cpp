@@ -15,7 +15,7 @@ namespace
 struct KeptPlan {
 	char *sql;
 	uint32 hash;
-	bool custom;
+	int options; // CURSOR_OPT_CUSTOM_PLAN, CURSOR_OPT_GENERIC_PLAN or 0
 	SPIPlanPtr plan;
 	TimestampTz last_used;
 	KeptPlan *next;
@@ -28,29 +28,42 @@ constexpr int64 kUnusedUs = 10 * 60 * USECS_PER_SEC; // a plan unused this long 
 constexpr int64 kSweepEveryUs = 60 * USECS_PER_SEC;
 } // namespace
 
-SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes, bool custom)
+namespace
+{
+SPIPlanPtr KeptOrPrepared(const char *sql, int nargs, const Oid *argtypes, int options)
 {
 	uint32 hash = hash_bytes(reinterpret_cast<const unsigned char *>(sql), static_cast<int>(strlen(sql)));
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	for (KeptPlan *p = kept; p; p = p->next)
-		if (p->hash == hash && p->custom == custom && strcmp(p->sql, sql) == 0) {
+		if (p->hash == hash && p->options == options && strcmp(p->sql, sql) == 0) {
 			p->last_used = now;
 			return p->plan;
 		}
-	SPIPlanPtr plan = SPI_prepare_cursor(sql, nargs, const_cast<Oid *>(argtypes), custom ? CURSOR_OPT_CUSTOM_PLAN : 0);
+	SPIPlanPtr plan = SPI_prepare_cursor(sql, nargs, const_cast<Oid *>(argtypes), options);
 	if (!plan)
 		elog(ERROR, "worker_heartbeat: could not prepare statement: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	auto *entry = static_cast<KeptPlan *>(MemoryContextAlloc(TopMemoryContext, sizeof(KeptPlan)));
 	entry->sql = MemoryContextStrdup(TopMemoryContext, sql);
 	entry->hash = hash;
-	entry->custom = custom;
+	entry->options = options;
 	entry->plan = plan;
 	entry->last_used = now;
 	entry->next = kept;
 	kept = entry;
 	kept_count++;
 	return plan;
+}
+} // namespace
+
+SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes, bool custom)
+{
+	return KeptOrPrepared(sql, nargs, argtypes, custom ? CURSOR_OPT_CUSTOM_PLAN : 0);
+}
+
+SPIPlanPtr PlanGeneric(const char *sql, int nargs, const Oid *argtypes)
+{
+	return KeptOrPrepared(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 void ForgetUnusedPlans()
