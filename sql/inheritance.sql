@@ -42,8 +42,12 @@ SELECT worker_id, table_name, released_count FROM pm_pipeline.worker_events
  WHERE event = 'leases_released' ORDER BY event_id;
 ROLLBACK;
 -- An expired lease in the parent, the child's row at the same ctid still
--- leased: the pass releases the parent's only.
-UPDATE ONLY public.ih_queue SET claimed_by = 'ih-live', lease_expires_at = now() - interval '1 minute';
+-- leased: the pass (expired leases take the careful path) releases the
+-- parent's only.
+TRUNCATE public.ih_queue;
+INSERT INTO public.ih_queue VALUES (1, 'ih-live', now() - interval '1 minute', 'claimed', 11, 1);
+INSERT INTO public.ih_child VALUES (2, 'ih-live', now() + interval '1 hour', 'claimed', 22, 1);
+SELECT tableoid::regclass, ctid, id, claimed_by FROM public.ih_queue ORDER BY id;
 SELECT pm_pipeline.release_dead_worker_leases() AS released;
 SELECT tableoid::regclass, id, claimed_by, state FROM public.ih_queue ORDER BY id;
 -- claim_leases and fail_lease of the parent, with the child's rows (leases

@@ -21,7 +21,8 @@ namespace wh::spi
 SPIPlanPtr Plan(const char *sql, int nargs, const Oid *argtypes, bool custom = false);
 // Arrays longer than this are planned with their values (custom).
 constexpr int kCustomPlanAbove = 32;
-// generic: planned once, never with the parameters' values. For statements
+// generic: planned once, not with the parameters' values (unless a role's or
+// database's plan_cache_mode = force_custom_plan says otherwise). For statements
 // whose arrays are only unnested (the event rows of a pass): a custom plan
 // would copy each array into the plan as a constant, several times over, for
 // nothing to gain (5,000 events: ~3% of a 1000-dead pass).
