@@ -3,6 +3,16 @@
 
 \echo Use "ALTER EXTENSION worker_heartbeat UPDATE TO '1.1'" to load this file. \quit
 
+-- The update scripts from here to 1.3 alter lease_tables (1.1), then
+-- worker_heartbeats and worker_types (1.2), in one transaction when updated
+-- from 1.0. A reaping pass reads worker_heartbeats, worker_types, then
+-- lease_tables, and writes worker_events last, keeping each lock until it
+-- commits: altering lease_tables first deadlocked with a pass (TAP 030, an
+-- update from 1.0 on PostgreSQL 17). Every table a pass touches is locked
+-- first, in the pass's order, so the update waits for a running pass instead.
+LOCK TABLE @extschema@.worker_heartbeats, @extschema@.worker_types, @extschema@.lease_tables,
+    @extschema@.worker_events IN ACCESS EXCLUSIVE MODE;
+
 ALTER TABLE @extschema@.lease_tables
     ADD COLUMN token_column    name,
     ADD COLUMN attempts_column name,
