@@ -15,8 +15,6 @@
 
 extern "C" {
 #include "common/int.h"
-#include "storage/lmgr.h"
-#include "utils/lsyscache.h"
 #include "portability/instr_time.h"
 #include "utils/array.h"
 #include "utils/guc.h"
@@ -516,14 +514,6 @@ PassResult RunPass(const catalog::Extension &ext, const PassOptions &options)
 	TimestampTz now = GetCurrentTimestamp();
 	PassResult result{0, 0, 0, 0, 0};
 	spi::ForgetUnusedPlans(); // the long-lived reaper keeps only the plans it still uses
-
-	// worker_heartbeats first, whatever this pass turns out to need: the
-	// update scripts lock our tables in the order worker_heartbeats,
-	// worker_types, lease_tables, worker_events (src/sql/1.1), and a pass that
-	// reached lease_tables first and worker_heartbeats later (the stale
-	// cleanup after an idle pass) could deadlock with an update.
-	if (Oid heartbeats = get_relname_relid("worker_heartbeats", ext.schema); heartbeats != InvalidOid)
-		LockRelationOid(heartbeats, AccessShareLock);
 
 	Bounded bounded{0};
 	FlushHeartbeats(ext, &bounded);

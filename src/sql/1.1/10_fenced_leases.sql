@@ -3,13 +3,14 @@
 
 \echo Use "ALTER EXTENSION worker_heartbeat UPDATE TO '1.1'" to load this file. \quit
 
--- The update scripts from here to 1.3 alter lease_tables (1.1), then
--- worker_heartbeats and worker_types (1.2), in one transaction when updated
--- from 1.0. A reaping pass reads worker_heartbeats, worker_types, then
--- lease_tables, and writes worker_events last, keeping each lock until it
--- commits: altering lease_tables first deadlocked with a pass (TAP 030, an
--- update from 1.0 on PostgreSQL 17). Every table a pass touches is locked
--- first, in the pass's order, so the update waits for a running pass instead.
+-- A reaping pass holds worker_heartbeats (a flush, the silence scan) when it
+-- reads lease_tables, and waits for lease_tables with no time limit, while
+-- its statements on the other tables wait at most pass_lock_timeout. An
+-- update that altered lease_tables (1.1) and then worker_heartbeats (1.2)
+-- deadlocked with a pass (TAP 030, an update from 1.0 on PostgreSQL 17). The
+-- tables a pass and the update both touch are locked first, worker_heartbeats
+-- first, so the update waits for a running pass instead. (The order is the
+-- update scripts' own; other code need not follow it.)
 LOCK TABLE @extschema@.worker_heartbeats, @extschema@.worker_types, @extschema@.lease_tables,
     @extschema@.worker_events IN ACCESS EXCLUSIVE MODE;
 
